@@ -1,0 +1,236 @@
+"""The four networks: shapes, exact parameter counts, LRN against references, dropout, bfloat16, jit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anatomy_jax.models import MODELS, get_model, layers
+from anatomy_jax.models.summary import count_params, layer_table
+
+
+def conv(k, cin, cout, groups=1):
+  """Caffe convolution parameters: k*k*(cin/groups)*cout weights + cout biases."""
+  return k * k * (cin // groups) * cout + cout
+
+
+def fc(n_in, n_out):
+  return n_in * n_out + n_out
+
+
+def inception(cin, c1, r3, c3, r5, c5, cp):
+  return conv(1, cin, c1) + conv(1, cin, r3) + conv(3, r3, c3) + conv(1, cin, r5) + conv(5, r5, c5) + conv(1, cin, cp)
+
+
+def lenet_params(c, k):
+  # conv1 20@5x5, conv2 50@5x5 on 20 channels, ip1 on 4*4*50 = 800 inputs, ip2.
+  return conv(5, c, 20) + conv(5, 20, 50) + fc(4 * 4 * 50, 500) + fc(500, k)
+
+
+def alexnet_params(c, k):
+  return (conv(11, c, 96) + conv(5, 96, 256, groups=2) + conv(3, 256, 384) + conv(3, 384, 384, groups=2)
+          + conv(3, 384, 256, groups=2) + fc(6 * 6 * 256, 4096) + fc(4096, 4096) + fc(4096, k))
+
+
+def googlenet_params(c, k):
+  stem = conv(7, c, 64) + conv(1, 64, 64) + conv(3, 64, 192)
+  blocks = (inception(192, 64, 96, 128, 16, 32, 32)        # 3a -> 256 channels
+            + inception(256, 128, 128, 192, 32, 96, 64)    # 3b -> 480
+            + inception(480, 192, 96, 208, 16, 48, 64)     # 4a -> 512
+            + inception(512, 160, 112, 224, 24, 64, 64)    # 4b -> 512
+            + inception(512, 128, 128, 256, 24, 64, 64)    # 4c -> 512
+            + inception(512, 112, 144, 288, 32, 64, 64)    # 4d -> 528
+            + inception(528, 256, 160, 320, 32, 128, 128)  # 4e -> 832
+            + inception(832, 256, 160, 320, 32, 128, 128)  # 5a -> 832
+            + inception(832, 384, 192, 384, 48, 128, 128))  # 5b -> 1024
+  # Aux heads: 14x14 -> avg-pool 5/3 -> 4x4; conv 128@1x1; fc 1024 on 4*4*128 = 2048 inputs; classifier.
+  aux = lambda cin: conv(1, cin, 128) + fc(4 * 4 * 128, 1024) + fc(1024, k)
+  return stem + blocks + aux(512) + aux(528) + fc(1024, k)
+
+
+def proposed_params(c, k):
+  # Defaults: conv2 s2 p2 -> 14x14, pool -> 7x7, conv3 s2 p1 -> 4x4, conv4 s2 p1 -> 2x2.
+  return (conv(11, c, 96) + conv(5, 96, 256) + conv(3, 256, 384) + conv(3, 384, 256)
+          + fc(2 * 2 * 256, 4096) + fc(4096, k))
+
+
+EXPECTED_PARAMS = {
+    'lenet': lenet_params,
+    'alexnet': alexnet_params,
+    'googlenet': googlenet_params,
+    'proposed': proposed_params,
+}
+
+
+def init_shapes(model, channels):
+  x = jax.ShapeDtypeStruct((2, model.input_size, model.input_size, channels), jnp.float32)
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  return jax.eval_shape(lambda x: model.init(rngs, x, train=True), x)
+
+
+def test_every_registered_model_has_a_parameter_count():
+  assert set(MODELS) == set(EXPECTED_PARAMS)
+
+
+def test_published_totals():
+  # The well-known totals of the reference networks, as a check on the arithmetic above.
+  assert lenet_params(1, 10) == 431_080
+  assert alexnet_params(3, 1000) == 60_965_224
+  assert googlenet_params(3, 1000) == 13_378_280
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+@pytest.mark.parametrize('channels,classes', [(1, 6), (3, 5)])
+def test_parameter_count(name, channels, classes):
+  variables = init_shapes(get_model(name, num_classes=classes), channels)
+  assert count_params(variables['params']) == EXPECTED_PARAMS[name](channels, classes)
+
+
+@pytest.mark.parametrize('name,size', [('lenet', 28), ('alexnet', 227), ('googlenet', 224), ('proposed', 227)])
+@pytest.mark.parametrize('channels', [1, 3])
+def test_output_shapes(name, size, channels):
+  model = get_model(name, num_classes=6)
+  assert model.input_size == size
+  variables = init_shapes(model, channels)
+  x = jax.ShapeDtypeStruct((3, size, size, channels), jnp.float32)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert out.shape == (3, 6) and out.dtype == jnp.float32
+
+
+def test_layer_shapes_follow_caffe_ceil_pooling():
+  shapes = {name: shape for name, shape, _ in layer_table(get_model('googlenet', num_classes=6))}
+  assert shapes['conv2_3x3'][1:3] == (56, 56)
+  assert shapes['inception_3a'][1:] == (28, 28, 256)
+  assert shapes['inception_4a'][1:] == (14, 14, 512)
+  assert shapes['inception_5b'][1:] == (7, 7, 1024)
+  shapes = {name: shape for name, shape, _ in layer_table(get_model('alexnet', num_classes=6))}
+  assert shapes['conv2'][1:] == (27, 27, 256) and shapes['conv5'][1:] == (13, 13, 256)
+  shapes = {name: shape for name, shape, _ in layer_table(get_model('proposed', num_classes=6))}
+  assert [shapes[f'conv{i}'][1:3] for i in range(1, 5)] == [(55, 55), (14, 14), (4, 4), (2, 2)]
+
+
+def test_caffe_pool_padding():
+  assert layers.caffe_pool_padding(112, 3, 2, 0) == (0, 1)  # ceil(109/2)+1 = 56 outputs
+  assert layers.caffe_pool_padding(55, 3, 2, 0) == (0, 0)   # exact: 27 outputs
+  assert layers.caffe_pool_padding(14, 3, 1, 1) == (1, 1)   # "same" pooling inside inception
+  x = jnp.arange(2 * 5 * 5 * 1, dtype=jnp.float32).reshape(2, 5, 5, 1)
+  y = layers.max_pool(x, 2, 2)  # Caffe: ceil(3/2)+1 = 3, the last window holds only the last row/column.
+  assert y.shape == (2, 3, 3, 1)
+  np.testing.assert_array_equal(y[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+  a = layers.avg_pool(x, 2, 2)
+  np.testing.assert_allclose(a[0, 2, 2, 0], 24.0)  # Ragged window averages its one valid element.
+
+
+def lrn_numpy(x, n=5, alpha=1e-4, beta=0.75, k=1.0):
+  """The LRN formula written out channel by channel, with the window cut off at the edges."""
+  out = np.empty_like(x)
+  c = x.shape[-1]
+  for i in range(c):
+    lo, hi = max(0, i - n // 2), min(c, i + n // 2 + 1)
+    s = np.sum(x[..., lo:hi] ** 2, axis=-1)
+    out[..., i] = x[..., i] / (k + alpha / n * s) ** beta
+  return out
+
+
+# Computed once with torch 2.13: torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0) on LRN_INPUT (NCHW there).
+LRN_INPUT = [[[[132.578, 10.429, 94.571, -13.799, -136.727, 76.978, -11.232]],
+              [[-51.598, -84.085, 23.072, 53.971, 131.613, 62.707, 130.105]]]]
+LRN_TORCH = [[[[96.2504015319, 7.55727787132, 58.2016158737, -9.36264053446, -92.7550298909, 56.8295565755,
+                -8.3079417708]],
+              [[-44.855089513, -70.5541427287, 16.1423444573, 37.3202008314, 83.5622157641, 39.9875705748,
+                85.013622872]]]]
+
+
+def test_lrn_matches_torch_constants():
+  x = np.array(LRN_INPUT, np.float32)
+  y = np.asarray(layers.lrn(jnp.asarray(x)))
+  np.testing.assert_allclose(y, LRN_TORCH, rtol=1e-6)
+  # The stored values are really normalised (not the identity): edges and the middle all change.
+  assert np.all(np.abs(y - x) > 1e-2 * np.abs(x))
+
+
+def test_lrn_matches_numpy_formula_on_random_inputs():
+  x = np.random.default_rng(0).normal(0, 80, size=(4, 3, 3, 12)).astype(np.float32)
+  y = np.asarray(layers.lrn(jnp.asarray(x)))
+  ref = lrn_numpy(x.astype(np.float64))
+  np.testing.assert_allclose(y, ref, rtol=1e-6)
+  for c in (0, 1, 10, 11):  # The first and last two channels, where the window is cut off.
+    np.testing.assert_allclose(y[..., c], ref[..., c], rtol=1e-6)
+
+
+def test_unknown_model_lists_valid_names():
+  with pytest.raises(ValueError, match='alexnet, googlenet, lenet, proposed'):
+    get_model('resnet', num_classes=2)
+
+
+def test_wrong_input_size_is_a_clear_error():
+  model = get_model('lenet', num_classes=2)
+  with pytest.raises(ValueError, match='built for 28x28'):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
+
+
+def test_googlenet_aux_heads_only_in_training():
+  model = get_model('googlenet', num_classes=4)
+  variables = init_shapes(model, 1)
+  assert {'loss1', 'loss2', 'loss3_classifier'} <= set(variables['params'])
+  x = jax.ShapeDtypeStruct((2, 224, 224, 1), jnp.float32)
+  train_out = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, rngs={'dropout': jax.random.key(0)}), variables, x)
+  assert set(train_out) == {'logits', 'loss1', 'loss2'}
+  assert all(v.shape == (2, 4) for v in train_out.values())
+  eval_out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert isinstance(eval_out, jax.ShapeDtypeStruct) and eval_out.shape == (2, 4)
+  # Evaluation may still ask for the heads (the paper reports loss1/loss2 validation accuracy).
+  aux_eval = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, with_aux=True), variables, x)
+  assert set(aux_eval) == {'logits', 'loss1', 'loss2'}
+
+
+@pytest.mark.parametrize('name,has_dropout', [('alexnet', True), ('lenet', False), ('proposed', False)])
+def test_dropout_changes_outputs_only_in_training(name, has_dropout):
+  model = get_model(name, num_classes=3)
+  x = jax.random.normal(jax.random.key(0), (2, model.input_size, model.input_size, 1))
+  variables = model.init(jax.random.key(1), x, train=False)
+  apply = jax.jit(lambda x, key, train: model.apply(variables, x, train=train, rngs={'dropout': key}),
+                  static_argnums=2)
+  a, b = apply(x, jax.random.key(2), False), apply(x, jax.random.key(3), False)
+  np.testing.assert_array_equal(a, b)
+  c, d = apply(x, jax.random.key(2), True), apply(x, jax.random.key(3), True)
+  assert (not np.allclose(c, d)) == has_dropout
+  assert (not np.allclose(a, c)) == has_dropout
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_bfloat16_compute_float32_params(name):
+  f32 = get_model(name, num_classes=6)
+  bf16 = get_model(name, num_classes=6, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (2, f32.input_size, f32.input_size, 1))
+  variables = jax.jit(lambda x: f32.init(jax.random.key(1), x, train=False))(x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(
+      jax.eval_shape(lambda x: bf16.init(jax.random.key(1), x, train=False), x)))
+  # Scale the classifier's input so logits are O(1) and the comparison means something.
+  y32 = jax.jit(lambda v, x: f32.apply(v, x, train=False))(variables, x)
+  y16 = jax.jit(lambda v, x: bf16.apply(v, x, train=False))(variables, x)
+  assert y16.dtype == jnp.float32  # Logits come back in float32 for the loss.
+  rel = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
+  assert 0 < rel < 0.05, rel
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_forward_backward_jit_compiles_once(name):
+  model = get_model(name, num_classes=6)
+  x = jnp.ones((2, model.input_size, model.input_size, 1))
+  variables = jax.jit(lambda x: model.init({'params': jax.random.key(0)}, x, train=True))(x)
+
+  @jax.jit
+  def loss_and_grad(params, x, key):
+    def loss(p):
+      out = model.apply({'params': p}, x, train=True, rngs={'dropout': key})
+      out = out['logits'] if isinstance(out, dict) else out
+      return jnp.mean(out ** 2)
+    return jax.value_and_grad(loss)(params)
+
+  l1, g1 = loss_and_grad(variables['params'], x, jax.random.key(1))
+  l2, g2 = loss_and_grad(variables['params'], x + 1, jax.random.key(2))
+  assert loss_and_grad._cache_size() == 1
+  assert np.isfinite(float(l1)) and np.isfinite(float(l2))
+  assert jax.tree_util.tree_structure(g1) == jax.tree_util.tree_structure(variables['params'])
