@@ -1,0 +1,139 @@
+"""Orbax checkpoints in WORKDIR/checkpoints: the latest few and the best by validation accuracy.
+
+Each checkpoint holds everything that decides the rest of a run: the train state (params, optimizer state,
+step, RNG key), the running sums of the epoch's training metrics, and JSON metadata (epoch, best accuracy so
+far, training seconds, and a fingerprint of the config it was made with). Orbax writes each checkpoint into a
+temporary directory and renames it when complete, so a save cut short is never listed; a checkpoint that fails
+to restore is reported and the one before it used.
+"""
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+# Config fields whose change makes a checkpoint meaningless for the run (num_epochs may change: that extends it).
+FINGERPRINT_FIELDS = ('model', 'model_kwargs', 'dataset', 'batch_size', 'seed', 'train_fraction', 'image_size',
+                      'crop_size')
+
+
+def fingerprint(config, class_names, image_shape) -> dict[str, Any]:
+  """What a checkpoint must agree with to be resumed or evaluated under `config`."""
+  fp = {k: config[k].to_dict() if hasattr(config[k], 'to_dict') else config[k] for k in FINGERPRINT_FIELDS}
+  fp['model_kwargs'] = {k: list(v) if isinstance(v, tuple) else v for k, v in fp['model_kwargs'].items()}
+  fp['class_names'] = list(class_names)
+  fp['image_shape'] = list(image_shape)
+  return fp
+
+
+def check_compatible(saved: dict, current: dict, where: str) -> None:
+  """Refuse a checkpoint made with another model, classes or data setup, showing the differences."""
+  diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
+  if diff:
+    lines = '\n'.join(f'  {k}: checkpoint {a!r} vs now {b!r}' for k, (a, b) in sorted(diff.items()))
+    raise ValueError(f'The checkpoint in {where} was made with a different setup:\n{lines}\n'
+                     'Use another --workdir for the new setup, or restore the old config.')
+
+
+class Checkpointer:
+  """The `latest` manager (resume) and the `best` manager (evaluation), under WORKDIR/checkpoints."""
+
+  def __init__(self, workdir: str, keep: int = 3):
+    root = Path(workdir).absolute() / 'checkpoints'
+    opts = dict(create=True, enable_async_checkpointing=True)
+    self.latest = ocp.CheckpointManager(root / 'latest', options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, **opts))
+    self.best = ocp.CheckpointManager(root / 'best', options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+
+  def save(self, step: int, tree, meta: dict, best: bool = False) -> None:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+    self.latest.save(step, args=args, force=True)
+    if best:
+      self.best.save(step, args=args, force=True)
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+  def restore(self, abstract_tree, which: str = 'latest'):
+    """(tree, meta) of the newest checkpoint that restores, or None when there is none."""
+    return restore_newest(getattr(self, which), abstract_tree)
+
+
+def restore_newest(manager: ocp.CheckpointManager, abstract_tree):
+  """Try the manager's checkpoints newest first; report each that fails and fall back to the one before."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      out = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_tree), meta=ocp.args.JsonRestore()))
+      return out['state'], dict(out['meta'])
+    except Exception as e:  # A truncated or corrupt checkpoint raises many kinds of errors.
+      logging.error('Checkpoint %s/%d could not be restored (%s: %s); trying the one before.', manager.directory,
+                    step, type(e).__name__, str(e)[:500])
+  return None
+
+
+def read_meta(directory: str | Path) -> dict | None:
+  """The metadata of the newest readable checkpoint in `directory` (no arrays restored), or None."""
+  manager = ocp.CheckpointManager(Path(directory).absolute(), options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+      except Exception as e:
+        logging.error('Metadata of checkpoint %s/%d unreadable (%s).', directory, step, e)
+    return None
+  finally:
+    manager.close()
+
+
+class WorkdirLock:
+  """An exclusive lock on WORKDIR/.lock (process 0), so two runs never write one workdir at once."""
+
+  def __init__(self, workdir: str):
+    self.path = Path(workdir) / '.lock'
+    self._file = None
+
+  def __enter__(self):
+    if jax.process_index() != 0:
+      return self
+    self._file = open(self.path, 'a+')
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self._file.seek(0)
+      holder = self._file.read().strip()
+      self._file.close()
+      raise RuntimeError(f'{self.path.parent} is in use by another run ({holder or "pid unknown"}). Wait for it '
+                         'to finish or stop it, or choose another --workdir.') from None
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f'pid {os.getpid()}\n')
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+
+
+def check_writable(workdir: str) -> None:
+  """Fail before any training when the workdir can't be created or written."""
+  path = Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_test.{os.getpid()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f'The workdir {workdir} cannot be written ({e.strerror or e}). Choose a --workdir you '
+                          'can write to.') from e

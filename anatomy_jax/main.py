@@ -1,0 +1,53 @@
+"""Train and evaluate one network: `python -m anatomy_jax.main --config=configs/proposed.py --workdir=DIR`.
+
+Every hyperparameter lives in the config (override any with `--config.FIELD=VALUE`); the same command resumes
+from DIR's checkpoints. With several processes (SLURM, Open MPI, or the flags below) each runs this same command.
+"""
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from anatomy_jax import parallel, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics.jsonl and results.json go.')
+flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 (else auto-detected).')
+flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes (else auto-detected).')
+flags.DEFINE_integer('process_id', -1, 'Multi-process: this process\'s index (else auto-detected).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Errors that are about the user's input, config or environment: one clear line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, train.NonFiniteLoss, RuntimeError)
+
+
+def quiet_libraries() -> None:
+  """Keep the log to our progress lines: Orbax and matplotlib log every file they touch at INFO."""
+  import logging as std_logging
+  noisy = ('/orbax/', '/matplotlib/', '/etils/', '/tensorflow_datasets/')
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}. Hyperparameters go in --config.FIELD=VALUE.')
+  quiet_libraries()
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  logging.info('JAX %s, process %d of %d, %d local / %d global devices: %s', jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    logging.debug('Traceback:', exc_info=True)
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,49 @@
+"""Where a result came from: config, code version, library versions and devices."""
+
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+import jax
+
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tensorflow-datasets')
+
+
+def git_commit() -> str:
+  """The checkout's commit, with '+dirty' when files differ from it; 'unknown' outside a git checkout."""
+  root = Path(__file__).resolve().parent.parent
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'
+  return (commit + ('+dirty' if dirty else '')) if commit else 'unknown'
+
+
+def versions() -> dict[str, str]:
+  out = {}
+  for name in PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = 'not installed'
+  out['python'] = platform.python_version()
+  return out
+
+
+def devices() -> dict:
+  d = jax.devices()
+  return {'backend': jax.default_backend(), 'device_kind': d[0].device_kind, 'device_count': len(d),
+          'process_count': jax.process_count(), 'host': platform.node(), 'cpu': platform.processor() or
+          platform.machine()}
+
+
+def collect(config=None) -> dict:
+  out = {'git_commit': git_commit(), 'versions': versions(), 'devices': devices()}
+  if config is not None:
+    import json
+    out['config'] = json.loads(config.to_json_best_effort())
+  return out

@@ -1,0 +1,414 @@
+"""Training: the state, Caffe's solver in optax, the pure train and eval steps, and the epoch loop.
+
+`train_step(state, batch, data)` and `eval_step(params, batch, data)` are pure functions of arrays; the
+`parallel` module compiles them for one device, a mesh of devices (jit) or pmap. `train_and_evaluate(config,
+workdir)` is what `main.py` runs: it resumes from WORKDIR/checkpoints when there is a checkpoint, validates
+every epoch, writes `metrics.jsonl`, and at the end tests the best-by-validation checkpoint into
+`results.json`.
+"""
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from anatomy_jax import checkpoints, datasets, input_pipeline, models, parallel as parallel_lib, provenance
+from anatomy_jax.datasets import Split
+from anatomy_jax.models import summary
+
+AUX_HEADS = ('loss1', 'loss2')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array  # int32 scalar: optimizer steps taken.
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # The run's base key (uint32[2]); step k uses fold_in(rng, k), so resuming needs no RNG state.
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+# ----------------------------------------------------------------------------------------------- optimizer
+
+def is_bias(path) -> bool:
+  return getattr(path[-1], 'key', None) == 'bias'
+
+
+def lr_schedule(config, total_steps: int):
+  """DIGITS' step-down policy: lr x gamma every `lr_step_fraction` of the run's steps."""
+  step_size = max(1, math.ceil(total_steps * config.lr_step_fraction))
+  return optax.exponential_decay(config.learning_rate, step_size, config.lr_gamma, staircase=True)
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """Caffe's SGD as optax transforms: L2 decay on weights (biases x bias_decay_mult), biases' lr x
+  bias_lr_mult, then `optax.sgd` with momentum and the step-down schedule.
+
+  (Caffe keeps the learning rate inside its momentum buffer, optax applies it after: the two agree except for
+  a few steps after each step-down.)
+  """
+  weights = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: not is_bias(p), params)
+  biases = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: is_bias(p), params)
+  parts = [optax.masked(optax.add_decayed_weights(config.weight_decay), weights)]
+  if config.bias_decay_mult:
+    parts.append(optax.masked(optax.add_decayed_weights(config.weight_decay * config.bias_decay_mult), biases))
+  if config.bias_lr_mult != 1:
+    parts.append(optax.masked(optax.scale(config.bias_lr_mult), biases))
+  parts.append(optax.sgd(lr_schedule(config, total_steps), momentum=config.momentum))
+  return optax.chain(*parts)
+
+
+def create_state(model, tx, input_shape, seed: int) -> TrainState:
+  """Fresh parameters (every head included) and optimizer state. Pure: jit it with the output sharding."""
+  init_key, dropout_key, train_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+  x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  params = model.init({'params': init_key, 'dropout': dropout_key}, x, train=True)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_key)
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+def _materialize(batch, data):
+  """Gather the batch's images and labels from the device-resident dataset when the batch holds indices."""
+  if 'idx' not in batch:
+    return batch
+  out = dict(batch)
+  idx = out.pop('idx')
+  out['image'] = jnp.take(data['images'], idx, axis=0)
+  out['label'] = jnp.take(data['labels'], idx, axis=0)
+  return out
+
+
+def _heads(out) -> dict:
+  return out if isinstance(out, dict) else {'logits': out}
+
+
+def train_step(state: TrainState, batch, data, *, model, tx, preprocess, aux_weight: float, axis_name=None):
+  """One SGD step on a batch. Returns the new state and the batch's metric sums.
+
+  Random numbers (crop, mirror, dropout) come from fold_in(fold_in(rng, step), position in the global batch):
+  each example's are the same however the batch is split over devices.
+  """
+  batch = _materialize(batch, data)
+  step_key = jax.random.fold_in(state.rng, state.step)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, batch['pos'])
+  aug_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 0)
+  dropout_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 1)
+  images = preprocess(batch['image'], data['mean'], aug_keys)
+  labels = batch['label']
+
+  def loss_fn(params):
+    # vmap over examples so each draws its own dropout mask from its own key.
+    one = lambda x, k: model.apply({'params': params}, x[None], train=True, rngs={'dropout': k})
+    out = jax.tree_util.tree_map(lambda o: o[:, 0], _heads(jax.vmap(one)(images, dropout_keys)))
+    ce = {name: optax.softmax_cross_entropy_with_integer_labels(logits, labels) for name, logits in out.items()}
+    total = ce['logits'] + aux_weight * sum(ce[h] for h in AUX_HEADS if h in ce)
+    return jnp.mean(total), (out, ce, total)
+
+  (loss, (out, ce, total)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {'loss': jnp.sum(ce['logits']), 'total_loss': jnp.sum(total),
+             'correct': jnp.sum(jnp.argmax(out['logits'], -1) == labels).astype(jnp.float32),
+             'count': jnp.asarray(labels.shape[0], jnp.float32),
+             'nonfinite': (~jnp.isfinite(loss)).astype(jnp.float32)}
+  for h in AUX_HEADS:
+    if h in out:
+      metrics[f'{h}_correct'] = jnp.sum(jnp.argmax(out[h], -1) == labels).astype(jnp.float32)
+  if axis_name is not None:
+    metrics = jax.lax.psum(metrics, axis_name)
+    metrics['nonfinite'] = jnp.minimum(metrics['nonfinite'], 1.0)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, data, *, model, preprocess, axis_name=None):
+  """Masked metric sums of a batch: padding rows count nowhere. GoogLeNet's aux heads are evaluated too."""
+  batch = _materialize(batch, data)
+  images = preprocess(batch['image'], data['mean'], None)
+  kwargs = {'with_aux': True} if isinstance(model, models.GoogLeNet) else {}
+  out = _heads(model.apply({'params': params}, images, train=False, **kwargs))
+  mask = batch['mask'].astype(jnp.float32)
+  labels = batch['label']
+  metrics = {'loss': jnp.sum(mask * optax.softmax_cross_entropy_with_integer_labels(out['logits'], labels)),
+             'count': jnp.sum(mask)}
+  for name, logits in out.items():
+    key = 'correct' if name == 'logits' else f'{name}_correct'
+    metrics[key] = jnp.sum(mask * (jnp.argmax(logits, -1) == labels))
+  if axis_name is not None:
+    metrics = jax.lax.psum(metrics, axis_name)
+  return metrics
+
+
+def summarize(sums: dict) -> dict:
+  """Means from metric sums: loss, accuracy and each aux head's accuracy."""
+  n = max(sums['count'], 1.0)
+  out = {'loss': sums['loss'] / n, 'accuracy': sums['correct'] / n}
+  out.update({f'{h}_accuracy': sums[f'{h}_correct'] / n for h in AUX_HEADS if f'{h}_correct' in sums})
+  return out
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+class Trainer:
+  """Everything a run sets up once: data, model, optimizer, compiled steps, checkpoints."""
+
+  def __init__(self, config, workdir: str, dataset: datasets.Dataset | None = None):
+    self.config, self.workdir = config, Path(workdir)
+    self.parallel = parallel_lib.get_parallel(config.parallelism)
+    self.parallel.check_batch_size(config.batch_size)
+    self.parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+    self.dataset = dataset or datasets.load_dataset(config)
+    self.model = build_model(config, self.dataset.num_classes)
+    if config.crop_size != self.model.input_size:
+      raise ValueError(f'{config.model} takes {self.model.input_size}x{self.model.input_size} input but crop_size '
+                       f'is {config.crop_size}: set --config.crop_size={self.model.input_size}.')
+    keep = input_pipeline.subset(self.dataset.splits['train'].labels, config.train_fraction, config.seed)
+    full = self.dataset.splits['train']
+    self.splits = {'train': Split(full.images[keep], full.labels[keep]),
+                   'validation': self.dataset.splits['validation'], 'test': self.dataset.splits['test']}
+    self.preprocess = input_pipeline.Preprocess.from_config(config)
+    self.mean = input_pipeline.mean_image(self.splits['train'].images, config.mean_subtraction, self.preprocess)
+    self.steps_per_epoch = len(self.splits['train']) // config.batch_size
+    if self.steps_per_epoch == 0:
+      input_pipeline.epoch_order(len(self.splits['train']), config.batch_size, 0, 0)  # Raises a clear error.
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.tx = make_optimizer(config, self.total_steps)
+    self.fingerprint = checkpoints.fingerprint(config, self.dataset.class_names, self.dataset.image_shape)
+    self.input_shape = (config.crop_size, config.crop_size, self.dataset.image_shape[-1])
+    self.on_device = self._data_on_device()
+    self.data = {name: self._put_split(split) for name, split in self.splits.items()}
+    p = self.parallel
+    self.p_train = p.train(functools.partial(train_step, model=self.model, tx=self.tx, preprocess=self.preprocess,
+                                             aux_weight=config.aux_loss_weight))
+    self.p_eval = p.evaluate(functools.partial(eval_step, model=self.model, preprocess=self.preprocess))
+    self.accumulate = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
+
+  # -- data
+
+  def _data_on_device(self) -> bool:
+    mode = self.config.data_on_device
+    if mode not in ('auto', 'yes', 'no'):
+      raise ValueError(f"data_on_device must be 'auto', 'yes' or 'no', got {mode!r}.")
+    if mode != 'auto':
+      return mode == 'yes'
+    nbytes = sum(s.images.nbytes for s in self.splits.values())
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit = stats.get('bytes_limit', 8 << 30)  # CPUs report no limit: host memory, keep it under 8 GiB.
+    return nbytes < limit // 4
+
+  def _put_split(self, split: Split):
+    data = {'mean': self.mean}
+    if self.on_device:
+      data.update(images=split.images, labels=split.labels)
+    return self.parallel.put_data(data)
+
+  def batch(self, split_name: str, idx: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """This process's rows of a global batch, on its devices: indices when the data lives there, else pixels."""
+    rows = self.parallel.local_rows(len(idx))
+    pos = np.arange(len(idx), dtype=np.int32)[rows]
+    local_idx = idx[rows]
+    if mask is not None:
+      mask = mask[rows]
+    if self.on_device:
+      local = {'idx': local_idx}
+    else:
+      local = input_pipeline.host_batch(self.splits[split_name], local_idx)
+      local.pop('mask')
+    local['pos'] = pos
+    if mask is not None:
+      local['mask'] = mask
+    return self.parallel.put_batch(local)
+
+  # -- state
+
+  def abstract_state(self):
+    return jax.eval_shape(lambda: create_state(self.model, self.tx, self.input_shape, self.config.seed))
+
+  def init_state(self) -> TrainState:
+    create = jax.jit(functools.partial(create_state, self.model, self.tx, self.input_shape, self.config.seed),
+                     out_shardings=self.parallel.replicated)
+    return self.parallel.state_from_checkpoint(create())
+
+  def checkpoint_target(self):
+    sharding = self.parallel.replicated
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                                  self.abstract_state())
+
+  # -- evaluation
+
+  def evaluate(self, params, split_name: str) -> dict:
+    sums = None
+    n = len(self.splits[split_name])
+    for idx, mask in input_pipeline.eval_batches(n, self.config.eval_batch_size):
+      m = self.p_eval(params, self.batch(split_name, idx, mask), self.data[split_name])
+      sums = m if sums is None else self.accumulate(sums, m)
+    return summarize(self._host(sums))
+
+  def _host(self, tree) -> dict:
+    return {k: float(v) for k, v in self.parallel.to_host(self.parallel.first(tree)).items()}
+
+
+def build_model(config, num_classes: int):
+  if config.dtype not in DTYPES:
+    raise ValueError(f'dtype must be one of {", ".join(DTYPES)}, got {config.dtype!r}.')
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model_kwargs.to_dict().items()}
+  cls = models.get_model_class(config.model)
+  unknown = set(kwargs) - set(cls.__dataclass_fields__)
+  if unknown:
+    raise ValueError(f'model_kwargs {sorted(unknown)} are not fields of {cls.__name__}.')
+  return cls(num_classes=num_classes, dtype=DTYPES[config.dtype], **kwargs)
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Train `config` in `workdir` (resuming when it holds a checkpoint), then test the best checkpoint."""
+  checkpoints.check_writable(workdir)
+  with checkpoints.WorkdirLock(workdir):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
+  t = Trainer(config, workdir)
+  primary = jax.process_index() == 0
+  workdir = Path(workdir)
+  ckpt = checkpoints.Checkpointer(str(workdir), config.keep_checkpoints)
+  restored = ckpt.restore({'state': t.checkpoint_target()})
+  if restored is None:
+    state, meta = t.init_state(), {'best_val_accuracy': -1.0, 'train_seconds': 0.0, 'sums': None}
+    logging.info('Starting %s from scratch in %s.', config.model, workdir)
+  else:
+    tree, meta = restored
+    checkpoints.check_compatible(meta['fingerprint'], t.fingerprint, str(workdir / 'checkpoints'))
+    state = t.parallel.state_from_checkpoint(tree['state'])
+    logging.info('Resumed %s from step %d (epoch %d) in %s.', config.model, meta['step'],
+                 meta['step'] // t.steps_per_epoch, workdir)
+  start = int(meta.get('step', 0))
+  best, train_seconds = meta['best_val_accuracy'], meta['train_seconds']
+  metrics_path = workdir / 'metrics.jsonl'
+  if primary:
+    _truncate_records(metrics_path, start // t.steps_per_epoch)
+
+  def save(step, sums, best_flag):
+    meta = {'step': step, 'best_val_accuracy': best, 'train_seconds': train_seconds,
+            'sums': None if sums is None else t._host(sums), 'fingerprint': t.fingerprint,
+            'config': json.loads(config.to_json_best_effort())}
+    ckpt.save(step, {'state': t.parallel.state_for_checkpoint(state)}, meta, best=best_flag)
+
+  spe, bs = t.steps_per_epoch, config.batch_size
+  session_start, session_steps, first_step_done = time.time(), 0, None
+  last_checked = start
+  for epoch in range(start // spe, config.num_epochs):
+    epoch_start = epoch_wall_start = time.time()
+    order = input_pipeline.epoch_order(len(t.splits['train']), bs, config.seed, epoch)
+    sums = None
+    if meta.get('sums') and start % spe:  # Resuming inside an epoch: carry on its metric sums.
+      sums = t.parallel.put_data({k: np.float32(v) for k, v in meta['sums'].items()})
+    for s in range(start % spe if epoch == start // spe else 0, spe):
+      state, m = t.p_train(state, t.batch('train', order[s]), t.data['train'])
+      sums = m if sums is None else t.accumulate(sums, m)
+      step = epoch * spe + s + 1
+      session_steps += 1
+      if first_step_done is None:
+        jax.block_until_ready(m)
+        first_step_done, session_steps = time.time(), 0  # Exclude compilation from speed and ETA.
+      if step % config.log_every_steps == 0 or s == spe - 1:
+        host = t._host(sums)
+        if host['nonfinite']:
+          _raise_nonfinite(last_checked, step, ckpt)
+        last_checked = step
+        if primary:
+          elapsed = time.time() - first_step_done
+          rate = session_steps * bs / elapsed if elapsed > 0 and session_steps else float('nan')
+          eta = (t.total_steps - step) * bs / rate if rate == rate and rate > 0 else float('nan')
+          logging.info('epoch %d/%d step %d/%d | loss %.4f acc %.4f | %.1f img/s | ETA %s', epoch + 1,
+                       config.num_epochs, s + 1, spe, host['loss'] / host['count'],
+                       host['correct'] / host['count'], rate, _fmt_time(eta) if eta == eta else '?')
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and s != spe - 1:
+        train_seconds += time.time() - epoch_start
+        epoch_start = time.time()
+        save(step, sums, False)
+    train = summarize(t._host(sums))
+    val = t.evaluate(t.parallel.params(state), 'validation')
+    train_seconds += time.time() - epoch_start
+    record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, 'train_loss': train['loss'],
+              'train_accuracy': train['accuracy'], 'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
+              'learning_rate': float(lr_schedule(config, t.total_steps)((epoch + 1) * spe - 1)),
+              'seconds': time.time() - epoch_wall_start}
+    record.update({f'train_{k}': v for k, v in train.items() if k.startswith('loss')})
+    record.update({f'val_{k}': v for k, v in val.items() if k.startswith('loss') and k != 'loss'})
+    if primary:
+      with open(metrics_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    logging.info('epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f', epoch + 1, train['loss'],
+                 train['accuracy'], val['loss'], val['accuracy'])
+    is_best = val['accuracy'] > best
+    best = max(best, val['accuracy'])
+    save((epoch + 1) * spe, None, is_best)
+    start = (epoch + 1) * spe
+  ckpt.wait()
+  results = finish(t, ckpt, config, workdir, train_seconds)
+  ckpt.close()
+  return results
+
+
+def finish(t: Trainer, ckpt, config, workdir: Path, train_seconds: float) -> dict:
+  """Test the best-by-validation checkpoint and write results.json (and the training-curve plot)."""
+  restored = ckpt.restore({'state': t.checkpoint_target()}, 'best')
+  if restored is None:
+    raise RuntimeError(f'No best checkpoint in {workdir}/checkpoints/best to test.')
+  tree, meta = restored
+  params = t.parallel.params(t.parallel.state_from_checkpoint(tree['state']))
+  val, test = t.evaluate(params, 'validation'), t.evaluate(params, 'test')
+  results = {
+      'model': config.model, 'dataset': t.dataset.name, 'class_names': t.dataset.class_names,
+      'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
+      'val_accuracy': val['accuracy'], 'val_loss': val['loss'],
+      'best_step': int(meta['step']), 'best_epoch': int(meta['step']) // t.steps_per_epoch,
+      'train_seconds': train_seconds, 'num_params': summary.count_params(t.abstract_state().params),
+      'split_sizes': {k: len(v) for k, v in t.splits.items()},
+      'steps': t.total_steps, 'parallelism': config.parallelism, 'num_devices': jax.device_count(),
+  }
+  results.update({f'test_{k}': v for k, v in test.items() if k.startswith('loss') and k != 'loss'})
+  results['provenance'] = provenance.collect(config)
+  if jax.process_index() == 0:
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+    if config.plots:
+      from anatomy_jax.experiments import plots
+      plots.training_curves(workdir / 'metrics.jsonl', workdir / 'training_curves.png', title=config.model)
+  logging.info('Test accuracy %.4f, loss %.4f (best epoch %d); wrote %s', test['accuracy'], test['loss'],
+               results['best_epoch'], workdir / 'results.json')
+  return results
+
+
+def _raise_nonfinite(last_good_step: int, step: int, ckpt) -> None:
+  latest = ckpt.latest.latest_step()
+  where = f'{ckpt.latest.directory}/{latest}' if latest is not None else 'none (no checkpoint was written yet)'
+  raise NonFiniteLoss(f'The training loss became non-finite between steps {last_good_step} and {step}. The run '
+                      f'stopped without saving; the last good checkpoint is {where}. Lower --config.learning_rate '
+                      'or check the data, then rerun the same command to resume from it.')
+
+
+def _truncate_records(path: Path, epochs_done: int) -> None:
+  """Keep metrics.jsonl consistent with the checkpoint: drop records of epochs after it."""
+  if not path.exists():
+    return
+  lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)['epoch'] <= epochs_done]
+  path.write_text(''.join(l + '\n' for l in lines))

@@ -1,0 +1,20 @@
+"""LeNet on MedNIST with DIGITS' settings (28x28 greyscale, pixels x 0.0125, batch 64, 30 epochs).
+
+  python -m anatomy_jax.main --config=configs/lenet.py --workdir=/tmp/lenet
+
+Measured on a 2-core CPU: see the README's results table.
+"""
+
+from configs import default
+
+
+def get_config(variant=''):
+  c = default.get_config()
+  c.model = 'lenet'
+  c.batch_size = 64
+  c.image_size = 28
+  c.crop_size = 28
+  c.mirror = False
+  c.scale = 0.0125
+  c.bias_decay_mult = 1.0  # DIGITS' lenet.prototxt sets lr_mult 2 on biases but leaves decay_mult at 1.
+  return default.tiny(c) if variant == 'tiny' else c
