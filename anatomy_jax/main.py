@@ -49,5 +49,17 @@ def main(argv):
     sys.exit(f'error: {e}')
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with an unknown --config.FIELD reported in one line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    field = str(e).strip('"\'')
+    sys.exit(f'error: {field!r} is not a config field. Every field, with a comment, is in configs/default.py.')
+  except flags.Error as e:
+    sys.exit(f'error: {e}\nUsage: python -m anatomy_jax.main --config=configs/MODEL.py --workdir=DIR '
+             '[--config.FIELD=VALUE ...]')
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

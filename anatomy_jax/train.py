@@ -243,10 +243,14 @@ class Trainer:
                      out_shardings=self.parallel.replicated)
     return self.parallel.state_from_checkpoint(create())
 
-  def checkpoint_target(self):
+  def checkpoint_tree(self, state) -> dict:
+    """What a checkpoint holds: the train state and the mean image (so evaluation needs no training data)."""
+    return {'state': self.parallel.state_for_checkpoint(state), 'mean': self.parallel.put_replicated(self.mean)}
+
+  def checkpoint_target(self) -> dict:
+    abstract = {'state': self.abstract_state(), 'mean': jax.ShapeDtypeStruct(self.mean.shape, np.float32)}
     sharding = self.parallel.replicated
-    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                                  self.abstract_state())
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
 
   # -- evaluation
 
@@ -290,7 +294,7 @@ def _run(config, workdir: str) -> dict:
   primary = jax.process_index() == 0
   workdir = Path(workdir)
   ckpt = checkpoints.Checkpointer(str(workdir), config.keep_checkpoints)
-  restored = ckpt.restore({'state': t.checkpoint_target()})
+  restored = ckpt.restore(t.checkpoint_target())
   if restored is None:
     state, meta = t.init_state(), {'best_val_accuracy': -1.0, 'train_seconds': 0.0, 'sums': None}
     logging.info('Starting %s from scratch in %s.', config.model, workdir)
@@ -310,7 +314,7 @@ def _run(config, workdir: str) -> dict:
     meta = {'step': step, 'best_val_accuracy': best, 'train_seconds': train_seconds,
             'sums': None if sums is None else t._host(sums), 'fingerprint': t.fingerprint,
             'config': json.loads(config.to_json_best_effort())}
-    ckpt.save(step, {'state': t.parallel.state_for_checkpoint(state)}, meta, best=best_flag)
+    ckpt.save(step, t.checkpoint_tree(state), meta, best=best_flag)
 
   spe, bs = t.steps_per_epoch, config.batch_size
   session_start, session_steps, first_step_done = time.time(), 0, None
@@ -371,7 +375,7 @@ def _run(config, workdir: str) -> dict:
 
 def finish(t: Trainer, ckpt, config, workdir: Path, train_seconds: float) -> dict:
   """Test the best-by-validation checkpoint and write results.json (and the training-curve plot)."""
-  restored = ckpt.restore({'state': t.checkpoint_target()}, 'best')
+  restored = ckpt.restore(t.checkpoint_target(), 'best')
   if restored is None:
     raise RuntimeError(f'No best checkpoint in {workdir}/checkpoints/best to test.')
   tree, meta = restored

@@ -40,3 +40,26 @@ def training_curves(metrics_path, out_path, title: str = '') -> Path:
   fig.savefig(out_path)
   plt.close(fig)
   return Path(out_path)
+
+
+def confusion_matrix(cm, class_names, out_path, title: str = '') -> Path:
+  """Counts with row-normalised colour (recall per true class), each cell labelled."""
+  import numpy as np
+  cm = np.asarray(cm)
+  norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+  k = len(class_names)
+  fig, ax = plt.subplots(figsize=(1.2 + 0.8 * k, 1.0 + 0.7 * k), dpi=120)
+  ax.imshow(norm, cmap='Blues', vmin=0, vmax=1)
+  for i in range(k):
+    for j in range(k):
+      ax.text(j, i, str(cm[i, j]), ha='center', va='center', fontsize=8,
+              color='white' if norm[i, j] > 0.5 else 'black')
+  ax.set_xticks(range(k), class_names, rotation=45, ha='right', fontsize=8)
+  ax.set_yticks(range(k), class_names, fontsize=8)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out_path)
+  plt.close(fig)
+  return Path(out_path)

@@ -1,0 +1,113 @@
+"""Accuracy against training-set size (the paper's Fig. 13), with several seeds and their spread.
+
+  python -m anatomy_jax.experiments.learning_curve --outdir=DIR [--models=...]
+      [--fractions=0.01,0.02,0.05,0.1,0.2,0.5,1] [--seeds=0,1,2] [--variant=tiny] [--override=key=value ...]
+
+Each (model, fraction, seed) trains in DIR/<model>/frac<fraction>_seed<seed> on a stratified `fraction` of the
+training split (chosen by the seed); validation and test are always the full splits. Writes
+DIR/learning_curve_runs.csv (every run), DIR/learning_curve.csv (mean and std over seeds) and
+DIR/learning_curve.png (test accuracy, mean +- std, against training images). Finished runs are not redone.
+"""
+
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from absl import app, flags, logging
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from anatomy_jax.experiments import runner  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a program (the module is also a library)."""
+  flags.DEFINE_string('outdir', None, 'Where runs, tables and the plot go.')
+  flags.DEFINE_list('models', list(runner.MODELS), 'Networks.')
+  flags.DEFINE_list('fractions', ['0.01', '0.02', '0.05', '0.1', '0.2', '0.5', '1'], 'Training-set fractions.')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (initialisation, subset, data order).')
+  flags.DEFINE_string('variant', '', 'Config variant for every run (e.g. tiny).')
+  flags.DEFINE_multi_string('override', [], 'key=value applied to every run\'s config.')
+
+
+def run_learning_curve(outdir, models=runner.MODELS, fractions=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+                       seeds=(0, 1, 2), variant='', overrides=()) -> list[dict]:
+  outdir = Path(outdir)
+  outdir.mkdir(parents=True, exist_ok=True)
+  runs = []
+  for model in models:
+    for fraction in fractions:
+      for seed in seeds:
+        config = runner.load_config(model, variant, list(overrides) + [f'train_fraction={float(fraction)}',
+                                                                       f'seed={int(seed)}'])
+        workdir = outdir / model / f'frac{float(fraction):g}_seed{int(seed)}'
+        logging.info('Learning curve: %s, fraction %g, seed %d', model, fraction, seed)
+        r = runner.train_once(config, workdir)
+        runs.append({'model': model, 'fraction': float(fraction), 'seed': int(seed),
+                     'train_size': r['split_sizes']['train'], 'val_accuracy': r['val_accuracy'],
+                     'test_accuracy': r['test_accuracy'], 'test_loss': r['test_loss'],
+                     'train_seconds': r['train_seconds']})
+  write_outputs(runs, outdir)
+  return runs
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+  rows = []
+  for model in dict.fromkeys(r['model'] for r in runs):
+    for fraction in sorted({r['fraction'] for r in runs if r['model'] == model}):
+      group = [r for r in runs if r['model'] == model and r['fraction'] == fraction]
+      acc = np.array([r['test_accuracy'] for r in group])
+      rows.append({'model': model, 'fraction': fraction, 'train_size': group[0]['train_size'], 'seeds': len(group),
+                   'test_accuracy_mean': float(acc.mean()), 'test_accuracy_std': float(acc.std(ddof=0)),
+                   'val_accuracy_mean': float(np.mean([r['val_accuracy'] for r in group]))})
+  return rows
+
+
+def write_outputs(runs: list[dict], outdir: Path) -> None:
+  with open(outdir / 'learning_curve_runs.csv', 'w', newline='') as f:
+    w = csv.DictWriter(f, list(runs[0]))
+    w.writeheader()
+    w.writerows(runs)
+  rows = aggregate(runs)
+  with open(outdir / 'learning_curve.csv', 'w', newline='') as f:
+    w = csv.DictWriter(f, list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+  for model in dict.fromkeys(r['model'] for r in rows):
+    mine = [r for r in rows if r['model'] == model]
+    x = [r['train_size'] for r in mine]
+    mean = np.array([100 * r['test_accuracy_mean'] for r in mine])
+    std = np.array([100 * r['test_accuracy_std'] for r in mine])
+    ax.errorbar(x, mean, yerr=std, marker='o', capsize=3, label=model)
+    ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+  ax.set_xscale('log')
+  ax.set_xlabel('training images')
+  ax.set_ylabel('test accuracy (%), mean +- std over seeds')
+  ax.grid(alpha=0.3, which='both')
+  ax.legend()
+  ax.set_title('Accuracy against training-set size')
+  fig.tight_layout()
+  fig.savefig(outdir / 'learning_curve.png')
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  try:
+    run_learning_curve(FLAGS.outdir, FLAGS.models, [float(f) for f in FLAGS.fractions],
+                       [int(s) for s in FLAGS.seeds], FLAGS.variant, FLAGS.override)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    sys.exit(f'error: {e}')
+  print((Path(FLAGS.outdir) / 'learning_curve.csv').read_text())
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flag_as_required('outdir')
+  app.run(main)

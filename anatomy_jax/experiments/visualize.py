@@ -1,0 +1,140 @@
+"""Pictures of what a network learned (the paper's Figs. 7-11): conv1 filters and per-layer feature maps.
+
+  python -m anatomy_jax.experiments.visualize --workdir=DIR [--image=FILE | --index=0] [--checkpoint=best]
+
+Writes DIR/figures/filters_conv1.png (every first-layer filter, each scaled to its own range) and
+DIR/figures/feature_maps_<layer>.png for each convolutional layer (or inception block) of the network, for one
+input image: a file (read as the training data was) or the `--index`-th image of the run's test split.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+from absl import app, flags
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from anatomy_jax import inference  # noqa: E402
+from anatomy_jax.datasets import images as image_io  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a program (the module is also a library)."""
+  flags.DEFINE_string('workdir', None, 'The training run\'s --workdir.')
+  flags.DEFINE_string('image', '', 'An image file to show feature maps for.')
+  flags.DEFINE_integer('index', 0, 'Without --image: this image of the run\'s test split.')
+  flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint.')
+  flags.DEFINE_integer('max_maps', 64, 'At most this many feature maps per layer.')
+
+
+def first_conv_kernel(params) -> tuple[str, np.ndarray]:
+  """(layer name, HWIO kernel) of the network's first convolution (all four networks name it conv1...)."""
+  name = min(k for k in params if k.startswith('conv1'))
+  return name, np.asarray(params[name]['conv']['kernel'])
+
+
+def _grid(n: int) -> tuple[int, int]:
+  cols = math.ceil(math.sqrt(n))
+  return math.ceil(n / cols), cols
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+  lo, hi = x.min(), x.max()
+  return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def plot_filters(kernel: np.ndarray, out_path: Path, title: str) -> Path:
+  """One tile per output filter: greyscale for 1 input channel, RGB for 3, else the channel mean."""
+  kh, kw, cin, cout = kernel.shape
+  rows, cols = _grid(cout)
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6 + 0.4, rows * 0.6 + 0.6), dpi=120, squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if i < cout:
+      f = kernel[..., i]
+      ax.imshow(_normalise(f) if cin == 3 else _normalise(f.mean(axis=-1)), cmap=None if cin == 3 else 'gray',
+                interpolation='nearest')
+  fig.suptitle(title, fontsize=9)
+  fig.savefig(out_path)
+  plt.close(fig)
+  return Path(out_path)
+
+
+def feature_maps(run: inference.Run, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+  """(layer, HxWxC activations) of each top-level convolution / inception block, in call order."""
+  x = run.preprocess(jnp.asarray(image[None]), jnp.asarray(run.mean), None)
+  captured = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    mdl = context.module
+    if context.method_name == '__call__' and len(mdl.path) == 1 and out.ndim == 4:
+      captured.append((mdl.name, np.asarray(out[0], np.float32)))
+    return out
+
+  with nn.intercept_methods(record):
+    run.model.apply({'params': run.params}, x, train=False)
+  return captured
+
+
+def plot_feature_maps(name: str, maps: np.ndarray, image: np.ndarray, out_path: Path, max_maps: int) -> Path:
+  channels = min(maps.shape[-1], max_maps)
+  rows, cols = _grid(channels + 1)
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + 0.4, rows * 0.9 + 0.6), dpi=120, squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if i == 0:
+      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray')
+      ax.set_title('input', fontsize=6)
+    elif i <= channels:
+      ax.imshow(_normalise(maps[..., i - 1]), cmap='viridis', interpolation='nearest')
+  fig.suptitle(f'{name}: {maps.shape[0]}x{maps.shape[1]}, {channels} of {maps.shape[-1]} maps', fontsize=9)
+  fig.savefig(out_path)
+  plt.close(fig)
+  return Path(out_path)
+
+
+def visualize(workdir, image_path: str = '', index: int = 0, checkpoint: str = 'best', max_maps: int = 64,
+              image: np.ndarray | None = None) -> list[Path]:
+  """Write the filter and feature-map figures of a run; returns their paths."""
+  run = inference.load_run(workdir, checkpoint)
+  size, _, channels = run.image_shape
+  if image is None:
+    if image_path:
+      image = image_io.load(image_path, size, channels)
+    else:
+      from anatomy_jax.evaluate import dataset_for
+      data, _ = dataset_for(run)
+      image = data.splits['test'].images[index]
+  out = Path(workdir) / 'figures'
+  out.mkdir(exist_ok=True)
+  name, kernel = first_conv_kernel(run.params)
+  paths = [plot_filters(kernel, out / f'filters_{name}.png',
+                        f'{run.config.model} {name}: {kernel.shape[-1]} filters {kernel.shape[0]}x{kernel.shape[1]}')]
+  for layer, maps in feature_maps(run, image):
+    paths.append(plot_feature_maps(layer, maps, image, out / f'feature_maps_{layer}.png', max_maps))
+  return paths
+
+
+def main(argv):
+  del argv
+  try:
+    paths = visualize(FLAGS.workdir, FLAGS.image, FLAGS.index, FLAGS.checkpoint, FLAGS.max_maps)
+  except (ValueError, FileNotFoundError, image_io.ImageError) as e:
+    sys.exit(f'error: {e}')
+  print('\n'.join(map(str, paths)))
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flag_as_required('workdir')
+  app.run(main)

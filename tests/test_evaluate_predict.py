@@ -1,0 +1,119 @@
+"""A tiny run on PNG/JPEG/DICOM class folders, then checkpoint evaluation, prediction on files and pictures."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from anatomy_jax import evaluate, metrics, train
+from anatomy_jax.experiments import visualize
+from conftest import REPO, make_image_folder, tiny_config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """LeNet's tiny config trained for a few steps on three PNG/JPEG classes and one class of DICOMs."""
+  tmp = tmp_path_factory.mktemp('run')
+  root = make_image_folder(tmp / 'images', per_class=24)
+  (root / 'dicom').mkdir()
+  ds = pydicom.dcmread(get_testdata_file('MR_small.dcm'))
+  for i in range(24):
+    arr = ds.pixel_array.copy()
+    arr[i % 64, :] += 50 + i  # Distinct images.
+    ds.PixelData = arr.tobytes()
+    ds.save_as(root / 'dicom' / f'slice{i:02d}.dcm')
+  config = tiny_config('lenet', root, tmp / 'tfds')
+  results = train.train_and_evaluate(config, str(tmp / 'wd'))
+  return {'root': root, 'workdir': tmp / 'wd', 'results': results, 'tmp': tmp}
+
+
+def test_metrics_against_hand_computed_values():
+  labels = np.array([0, 0, 1, 1, 2])
+  logits = np.log(np.array([[.8, .1, .1], [.3, .6, .1], [.2, .7, .1], [.1, .2, .7], [.1, .1, .8]]))
+  r = metrics.classification_report(logits, labels, ['a', 'b', 'c'])
+  assert r['confusion_matrix'] == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
+  assert r['accuracy'] == pytest.approx(3 / 5)
+  assert r['per_class']['b']['precision'] == pytest.approx(0.5) and r['per_class']['b']['recall'] == 0.5
+  assert r['per_class']['c']['f1'] == pytest.approx(2 * 0.5 * 1 / 1.5)
+  assert r['loss'] == pytest.approx(-np.mean(np.log([.8, .3, .7, .2, .8])))  # True-class probabilities.
+  # AUC for class a: scores .8 .3 (positives) vs .2 .1 .1: every positive above every negative.
+  assert r['per_class']['a']['auc'] == 1.0
+  # Class b: positives .6 .7 vs negatives .1 .2 .1 -> 1.0; class c: positives .8 vs .1 .1 .1 .7 -> 1.0.
+  assert metrics.roc_auc(np.array([.5, .5, .2]), np.array([True, False, False])) == pytest.approx(0.75)
+  lo, hi = r['accuracy_ci95']
+  assert lo == pytest.approx(0.2307, abs=1e-3) and hi == pytest.approx(0.8824, abs=1e-3)  # Wilson, 3 of 5.
+
+
+def test_evaluate_writes_every_output(trained):
+  report = evaluate.run_evaluation(trained['workdir'], 'test')
+  out = json.loads((trained['workdir'] / 'eval_test.json').read_text())
+  assert out['num_examples'] == trained['results']['split_sizes']['test']
+  assert out['accuracy'] == pytest.approx(trained['results']['test_accuracy'], abs=1e-6)
+  assert out['loss'] == pytest.approx(trained['results']['test_loss'], rel=1e-4)
+  assert 0 <= out['accuracy_ci95'][0] <= out['accuracy'] <= out['accuracy_ci95'][1] <= 1
+  assert set(out['per_class']) == {'dicom', 'disc', 'horizontal', 'vertical'}
+  assert np.array(out['confusion_matrix']).sum() == out['num_examples']
+  assert 0 <= out['macro_f1'] <= 1 and 0 <= out['macro_auc'] <= 1
+  rows = list(csv.reader(open(trained['workdir'] / 'confusion_test.csv')))
+  assert rows[0][1:] == ['dicom', 'disc', 'horizontal', 'vertical'] and len(rows) == 5
+  Image.open(trained['workdir'] / 'confusion_test.png').verify()
+  assert report['split'] == 'test'
+
+
+def test_evaluate_on_a_folder_given_on_the_command_line(trained):
+  other = make_image_folder(trained['tmp'] / 'new_images', per_class=6, classes=('disc', 'vertical'), seed=7)
+  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.evaluate', f'--workdir={trained["workdir"]}',
+                        f'--folder={other}', '--split=all'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.loads((trained['workdir'] / 'eval_new_images_all.json').read_text())
+  assert report['num_examples'] == 12
+  assert report['per_class']['disc']['support'] == 6 and report['per_class']['horizontal']['support'] == 0
+
+
+def test_predict_on_files_reports_and_skips_bad_ones(trained, tmp_path):
+  good = [trained['root'] / 'disc' / 'img_000.jpg', trained['root'] / 'horizontal' / 'img_001.png',
+          trained['root'] / 'dicom' / 'slice03.dcm']
+  shutil.copy(get_testdata_file('CT_small.dcm'), tmp_path / 'ct_no_suffix')  # DICOM found by its preamble.
+  (tmp_path / 'notes.txt').write_text('hello')
+  (tmp_path / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
+  output = tmp_path / 'pred.csv'
+  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.predict', f'--workdir={trained["workdir"]}',
+                        f'--output={output}', *map(str, good), str(tmp_path)], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 3, out.stderr[-2000:]  # Some files were skipped.
+  assert 'skipped' in out.stderr and 'notes.txt' in out.stderr and 'broken.png' in out.stderr
+  rows = list(csv.DictReader(open(output)))
+  assert len(rows) == 4  # Three training files and the extension-less DICOM.
+  for row in rows:
+    probs = [float(row[c]) for c in ('dicom', 'disc', 'horizontal', 'vertical')]
+    assert sum(probs) == pytest.approx(1, abs=1e-5)
+    assert row['predicted'] == ('dicom', 'disc', 'horizontal', 'vertical')[int(np.argmax(probs))]
+  # Prediction agrees with evaluation preprocessing: the same file gives the same probabilities in-process.
+  from anatomy_jax import inference, predict
+  run = inference.load_run(trained['workdir'])
+  rows2, skipped = predict.predict_files(run, [good[0]])
+  assert not skipped and rows2[0]['predicted'] == rows[0]['predicted']
+
+
+def test_predict_all_good_exits_zero(trained, tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.predict', f'--workdir={trained["workdir"]}',
+                        f'--output={tmp_path / "p.csv"}', str(trained['root'] / 'vertical')], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert len(list(csv.DictReader(open(tmp_path / 'p.csv')))) == 24
+
+
+def test_filter_and_feature_map_pictures(trained):
+  paths = visualize.visualize(trained['workdir'], str(trained['root'] / 'disc' / 'img_002.jpg'))
+  names = sorted(p.name for p in paths)
+  assert names == ['feature_maps_conv1.png', 'feature_maps_conv2.png', 'filters_conv1.png']
+  for p in paths:
+    with Image.open(p) as im:
+      assert im.size[0] > 100 and im.size[1] > 100

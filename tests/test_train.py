@@ -1,0 +1,181 @@
+"""Training end to end: the solver, the steps, a tiny run that checkpoints and resumes, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from anatomy_jax import checkpoints, datasets, input_pipeline, train
+from conftest import REPO, tiny_config
+from test_models import proposed_params
+
+
+def synthetic_dataset(n_train=40, n_val=13, n_test=11, size=28, classes=3, seed=0) -> datasets.Dataset:
+  """A Dataset of random images whose mean brightness encodes the class (learnable in a few steps)."""
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    labels = rng.integers(0, classes, n).astype(np.int32)
+    images = rng.integers(0, 60, (n, size, size, 1)) + 80 * labels[:, None, None, None]
+    return datasets.Split(images.astype(np.uint8), labels)
+
+  return datasets.Dataset('synthetic', [f'c{i}' for i in range(classes)],
+                          {'train': split(n_train), 'validation': split(n_val), 'test': split(n_test)}, {})
+
+
+def lenet_config(**overrides):
+  config = tiny_config('lenet', '', '')
+  config.dataset = 'synthetic'
+  config.update(overrides)
+  return config
+
+
+def test_optimizer_is_caffe_sgd_with_bias_multipliers():
+  config = ml_collections.ConfigDict(dict(learning_rate=0.01, lr_step_fraction=0.33, lr_gamma=0.1, momentum=0.9,
+                                          weight_decay=5e-4, bias_lr_mult=2.0, bias_decay_mult=0.0))
+  tx = train.make_optimizer(config, total_steps=100)
+  params = {'conv': {'kernel': jnp.array([1.0, -2.0]), 'bias': jnp.array([3.0])}}
+  grads = {'conv': {'kernel': jnp.array([0.5, 0.5]), 'bias': jnp.array([0.25])}}
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  # Weights: -lr * (g + wd * w); biases: -2 lr * g, no decay.
+  np.testing.assert_allclose(updates['conv']['kernel'], -0.01 * (np.array([0.5, 0.5]) + 5e-4 * np.array([1, -2])),
+                             rtol=1e-6)
+  np.testing.assert_allclose(updates['conv']['bias'], [-0.02 * 0.25], rtol=1e-6)
+  updates2, _ = tx.update(grads, state, params)  # Momentum: the second step adds 0.9 x the first.
+  np.testing.assert_allclose(updates2['conv']['bias'], [-0.02 * 0.25 * 1.9], rtol=1e-6)
+
+
+def test_step_down_schedule():
+  config = ml_collections.ConfigDict(dict(learning_rate=0.01, lr_step_fraction=0.33, lr_gamma=0.1))
+  lr = train.lr_schedule(config, total_steps=300)  # Steps of 99: 0.01, then 1e-3 from 99, 1e-4 from 198.
+  np.testing.assert_allclose([lr(0), lr(98), lr(99), lr(197), lr(198), lr(299)],
+                             [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-5)
+
+
+def test_eval_counts_every_example_once(tmp_path):
+  config = lenet_config(eval_batch_size=8)  # 13 validation examples: one padded batch.
+  dataset = synthetic_dataset()
+  t = train.Trainer(config, str(tmp_path), dataset=dataset)
+  state = t.init_state()
+  got = t.evaluate(state.params, 'validation')
+  # Reference: the whole split at once, preprocessed on the host.
+  split = dataset.splits['validation']
+  x = t.preprocess(jnp.asarray(split.images), jnp.asarray(t.mean), None)
+  logits = t.model.apply({'params': state.params}, x, train=False)
+  ref_loss = float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, split.labels)))
+  ref_acc = float(jnp.mean(jnp.argmax(logits, -1) == split.labels))
+  assert got['accuracy'] == pytest.approx(ref_acc, abs=1e-7)
+  assert got['loss'] == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_host_and_device_data_give_the_same_steps(tmp_path):
+  dataset = synthetic_dataset()
+  results = []
+  for mode in ('yes', 'no'):
+    t = train.Trainer(lenet_config(data_on_device=mode), str(tmp_path / mode), dataset=dataset)
+    state = t.init_state()
+    order = input_pipeline.epoch_order(len(t.splits['train']), 8, 0, 0)
+    for s in range(3):
+      state, m = t.p_train(state, t.batch('train', order[s]), t.data['train'])
+    results.append((jax.device_get(state.params), jax.device_get(m)))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, results[0], results[1])
+
+
+def test_training_reduces_loss(tmp_path):
+  t = train.Trainer(lenet_config(), str(tmp_path), dataset=synthetic_dataset(200))
+  state = t.init_state()
+  losses = []
+  for epoch in range(4):
+    for idx in input_pipeline.epoch_order(len(t.splits['train']), 8, 0, epoch):
+      state, m = t.p_train(state, t.batch('train', idx), t.data['train'])
+      losses.append(float(m['loss'] / m['count']))
+  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+
+
+def run_main(*args, cwd=REPO):
+  return subprocess.run([sys.executable, '-m', 'anatomy_jax.main', *args], cwd=cwd, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_tiny_run_writes_results_and_resumes(image_folder, tmp_path):
+  workdir = tmp_path / 'run'
+  common = ['--config=configs/proposed.py:tiny', f'--workdir={workdir}', '--config.dataset=folder',
+            f'--config.manual_dir={image_folder}', f'--config.data_dir={tmp_path / "tfds"}',
+            '--config.folder.image_size=64']
+  first = run_main(*common, '--config.num_epochs=1')
+  assert first.returncode == 0, first.stderr[-3000:]
+  results = json.loads((workdir / 'results.json').read_text())
+  sizes = results['split_sizes']
+  assert sum(sizes.values()) == 120 and min(sizes.values()) > 0
+  steps_per_epoch = sizes['train'] // 8
+  assert results['steps'] == steps_per_epoch and results['best_step'] == steps_per_epoch
+  for key in ('test_accuracy', 'val_accuracy'):
+    assert 0 <= results[key] <= 1
+  for key in ('test_loss', 'val_loss', 'train_seconds'):
+    assert np.isfinite(results[key]) and results[key] >= 0
+  assert results['num_params'] == proposed_params(1, 3)
+  assert results['model'] == 'proposed' and results['class_names'] == ['disc', 'horizontal', 'vertical']
+  assert (workdir / 'training_curves.png').stat().st_size > 1000
+  first_record = (workdir / 'metrics.jsonl').read_text().splitlines()[0]
+
+  second = run_main(*common, '--config.num_epochs=2')
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert f'Resumed proposed from step {steps_per_epoch}' in second.stderr
+  assert 'from scratch' not in second.stderr
+  records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['epoch'] for r in records] == [1, 2]
+  assert [r['step'] for r in records] == [steps_per_epoch, 2 * steps_per_epoch]
+  assert (workdir / 'metrics.jsonl').read_text().splitlines()[0] == first_record
+  for key in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'learning_rate', 'seconds'):
+    assert all(np.isfinite(r[key]) for r in records)
+  assert json.loads((workdir / 'results.json').read_text())['steps'] == 2 * steps_per_epoch
+  latest = checkpoints.read_meta(workdir / 'checkpoints' / 'latest')
+  assert latest['step'] == 2 * steps_per_epoch
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--config.model=resnet', "Unknown model 'resnet'; valid names: alexnet, googlenet, lenet, proposed"),
+    ('--config.dataset=imagenet', "Unknown dataset 'imagenet'; valid names: folder, mednist"),
+    ('--config.crop_size=200', 'crop_size is 200: set --config.crop_size=227'),
+    ('--config.no_such_field=1', 'no_such_field'),
+])
+def test_bad_config_is_one_clear_error(flag, message, image_folder, tmp_path):
+  out = run_main('--config=configs/proposed.py:tiny', f'--workdir={tmp_path / "wd"}', '--config.dataset=folder',
+                 f'--config.manual_dir={image_folder}', f'--config.data_dir={tmp_path / "tfds"}',
+                 '--config.folder.image_size=64', flag)
+  assert out.returncode != 0
+  assert message in out.stderr
+  assert 'Traceback' not in out.stderr
+
+
+def test_missing_mednist_says_what_to_do(tmp_path):
+  out = run_main('--config=configs/lenet.py:tiny', f'--workdir={tmp_path / "wd"}',
+                 f'--config.manual_dir={tmp_path / "empty"}', f'--config.data_dir={tmp_path / "tfds"}',
+                 '--config.allow_download=False')
+  assert out.returncode != 0 and 'Traceback' not in out.stderr
+  assert 'MedNIST was not found' in out.stderr and '--config.manual_dir=DIR' in out.stderr
+
+
+def test_corrupt_mednist_archive_is_reported(tmp_path):
+  (tmp_path / 'src').mkdir()
+  (tmp_path / 'src' / 'MedNIST.tar.gz').write_bytes(b'\x1f\x8b\x08\x00' + b'\x00' * 100)
+  out = run_main('--config=configs/lenet.py:tiny', f'--workdir={tmp_path / "wd"}',
+                 f'--config.manual_dir={tmp_path / "src"}', f'--config.data_dir={tmp_path / "tfds"}',
+                 '--config.allow_download=False')
+  assert out.returncode != 0 and 'Traceback' not in out.stderr
+  assert 'corrupt or truncated' in out.stderr
+
+
+def test_batch_size_must_divide_devices(monkeypatch):
+  from anatomy_jax import parallel
+  p = parallel.JitParallel()
+  monkeypatch.setattr(jax, 'device_count', lambda: 8)
+  with pytest.raises(ValueError, match='batch_size=100 is not divisible by the 8 devices'):
+    p.check_batch_size(100)
