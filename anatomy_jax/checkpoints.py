@@ -44,10 +44,13 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3):
     root = Path(workdir).absolute() / 'checkpoints'
-    opts = dict(create=True, enable_async_checkpointing=True)
+    # Distinct barrier names: both managers may save the same step at once from several processes.
+    opts = lambda name: dict(create=True, enable_async_checkpointing=True,
+                             multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
     self.latest = ocp.CheckpointManager(root / 'latest', options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep, **opts))
-    self.best = ocp.CheckpointManager(root / 'best', options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+        max_to_keep=keep, **opts('latest')))
+    self.best = ocp.CheckpointManager(root / 'best', options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, **opts('best')))
 
   def save(self, step: int, tree, meta: dict, best: bool = False) -> None:
     args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))

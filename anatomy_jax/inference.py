@@ -74,6 +74,9 @@ def load_run(workdir: str | Path, which: str = 'best') -> Run:
   tx = train.make_optimizer(config, 1)  # Only the optimizer state's structure matters here.
   abstract = {'state': jax.eval_shape(lambda: train.create_state(model, tx, input_shape, config.seed)),
               'mean': jax.ShapeDtypeStruct((config.image_size, config.image_size, image_shape[-1]), np.float32)}
+  # Restore onto this machine's first device, whatever device layout the run was saved from.
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
   manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(create=False))
   try:
     restored = checkpoints.restore_newest(manager, abstract)

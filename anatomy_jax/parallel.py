@@ -34,9 +34,10 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
   """
   if jax.distributed.is_initialized():
     return
+  if coordinator_address or num_processes > 1 or _scheduler_has_several_processes():
+    # CPU devices need a collectives library across processes (GPUs use NCCL regardless of this setting).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if coordinator_address or num_processes > 1:
-    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address or None, num_processes or None,
                                process_id if process_id >= 0 else None)
   elif _scheduler_has_several_processes():

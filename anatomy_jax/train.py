@@ -397,8 +397,8 @@ def finish(t: Trainer, ckpt, config, workdir: Path, train_seconds: float) -> dic
     if config.plots:
       from anatomy_jax.experiments import plots
       plots.training_curves(workdir / 'metrics.jsonl', workdir / 'training_curves.png', title=config.model)
-  logging.info('Test accuracy %.4f, loss %.4f (best epoch %d); wrote %s', test['accuracy'], test['loss'],
-               results['best_epoch'], workdir / 'results.json')
+    logging.info('Test accuracy %.4f, loss %.4f (best epoch %d); wrote %s', test['accuracy'], test['loss'],
+                 results['best_epoch'], workdir / 'results.json')
   return results
 
 

@@ -54,7 +54,8 @@ def run(model: str, steps: int) -> dict:
   rel = lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
   ref_params, ref_metrics, _ = final['single']
   out = {'devices': jax.device_count(), 'ref_losses': [m['loss'] / m['count'] for m in ref_metrics],
-         'param_change': max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(rel, ref_params, init)))}
+         'param_change': max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+             lambda a, b: float(np.max(np.abs(a - b))), ref_params, init)))}
   for mode in ('jit', 'pmap'):
     params, metrics, val = final[mode]
     out[mode] = {'param_rel_diff': max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(rel, params, ref_params))),
