@@ -9,6 +9,7 @@ to restore is reported and the one before it used.
 
 import fcntl
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3):
     root = Path(workdir).absolute() / 'checkpoints'
     # Distinct barrier names: both managers may save the same step at once from several processes.
-    opts = lambda name: dict(create=True, enable_async_checkpointing=True,
+    opts = lambda name: dict(create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
                              multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
     self.latest = ocp.CheckpointManager(root / 'latest', options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, **opts('latest')))
@@ -53,10 +54,18 @@ class Checkpointer:
         max_to_keep=1, **opts('best')))
 
   def save(self, step: int, tree, meta: dict, best: bool = False) -> None:
+    """Save `step` to `latest` (asynchronously) and, when it is the best so far, first to `best`.
+
+    The best checkpoint is written and finalised before `latest` moves past it, so a run killed at any
+    moment never resumes from a step whose better validation score is missing from `best`.
+    """
     args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
-    self.latest.save(step, args=args, force=True)
-    if best:
-      self.best.save(step, args=args, force=True)
+    if best and step not in self.best.all_steps():
+      self.best.save(step, args=args)
+      self.best.wait_until_finished()
+    if step not in self.latest.all_steps():
+      self.latest.save(step, args=args)
+    fault_point('save')
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -66,22 +75,72 @@ class Checkpointer:
     self.latest.close()
     self.best.close()
 
-  def restore(self, abstract_tree, which: str = 'latest'):
+  def restore(self, abstract_tree, which: str = 'latest', fingerprint: dict | None = None):
     """(tree, meta) of the newest checkpoint that restores, or None when there is none."""
-    return restore_newest(getattr(self, which), abstract_tree)
+    return restore_newest(getattr(self, which), abstract_tree, fingerprint)
 
 
-def restore_newest(manager: ocp.CheckpointManager, abstract_tree):
-  """Try the manager's checkpoints newest first; report each that fails and fall back to the one before."""
+def restore_newest(manager: ocp.CheckpointManager, abstract_tree, fingerprint: dict | None = None):
+  """Try the manager's checkpoints newest first; report each that fails and fall back to the one before.
+
+  Checkpoints that fail are moved to WORKDIR/checkpoints/corrupt/ (kept for inspection, out of the way of the
+  run that resumes). None when the manager has no checkpoint; an error when it has some and none restores.
+  """
+  failed = []
   for step in sorted(manager.all_steps(), reverse=True):
+    if fingerprint is not None:  # A checkpoint of another setup is refused, not mistaken for a corrupt one.
+      try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      except Exception:
+        meta = None  # Unreadable metadata: the full restore below reports it.
+      if meta is not None:
+        check_compatible(meta['fingerprint'], fingerprint, str(Path(manager.directory).parent))
     try:
       out = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_tree), meta=ocp.args.JsonRestore()))
-      return out['state'], dict(out['meta'])
     except Exception as e:  # A truncated or corrupt checkpoint raises many kinds of errors.
       logging.error('Checkpoint %s/%d could not be restored (%s: %s); trying the one before.', manager.directory,
-                    step, type(e).__name__, str(e)[:500])
+                    step, type(e).__name__, str(e)[:300])
+      failed.append(step)
+      continue
+    if failed:
+      _set_aside(manager, failed)
+    return out['state'], dict(out['meta'])
+  if failed:
+    raise RuntimeError(f'None of the checkpoints {sorted(failed)} in {manager.directory} could be restored (see '
+                       'the errors above). Move that directory aside to start the run again from scratch.')
   return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  directory = Path(manager.directory)
+  if jax.process_index() == 0:
+    corrupt = directory.parent / 'corrupt'
+    corrupt.mkdir(exist_ok=True)
+    for step in steps:
+      target = corrupt / f'{directory.name}_{step}'
+      os.replace(directory / str(step), target)
+      logging.warning('Moved the unrestorable checkpoint %s/%d to %s.', directory, step, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('corrupt checkpoints set aside')
+  manager.reload()
+
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+  """Fault-injection hook for tests: with ANATOMY_JAX_KILL_AT=NAME:N this process SIGKILLs itself the Nth time
+  it passes the point NAME ('save': just after a checkpoint save started; 'step': after a training step)."""
+  spec = os.environ.get('ANATOMY_JAX_KILL_AT')
+  if not spec:
+    return
+  target, _, count = spec.partition(':')
+  if target == name:
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(count):
+      os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_meta(directory: str | Path) -> dict | None:

@@ -286,76 +286,108 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Train `config` in `workdir` (resuming when it holds a checkpoint), then test the best checkpoint."""
   checkpoints.check_writable(workdir)
   with checkpoints.WorkdirLock(workdir):
-    return _run(config, workdir)
+    t = Trainer(config, workdir)
+    ckpt = checkpoints.Checkpointer(workdir, config.keep_checkpoints)
+    try:
+      train_seconds = train_loop(t, ckpt)
+      ckpt.wait()
+      return finish(t, ckpt, config, Path(workdir), train_seconds)
+    finally:
+      ckpt.close()  # Also waits for a save in flight, so an error never leaves one half-written.
 
 
-def _run(config, workdir: str) -> dict:
-  t = Trainer(config, workdir)
-  primary = jax.process_index() == 0
-  workdir = Path(workdir)
-  ckpt = checkpoints.Checkpointer(str(workdir), config.keep_checkpoints)
-  restored = ckpt.restore(t.checkpoint_target())
+class Progress:
+  """The progress line: images/s since the first step finished (compilation excluded) and the ETA."""
+
+  def __init__(self, t: Trainer):
+    self.t, self.start, self.steps = t, None, 0
+
+  def step_done(self, metrics) -> None:
+    if self.start is None:
+      jax.block_until_ready(metrics)
+      self.start = time.time()
+    else:
+      self.steps += 1
+
+  def log(self, epoch: int, s: int, step: int, sums: dict) -> None:
+    c, bs = self.t.config, self.t.config.batch_size
+    elapsed = time.time() - self.start
+    rate = self.steps * bs / elapsed if self.steps and elapsed > 0 else float('nan')
+    eta = _fmt_time((self.t.total_steps - step) * bs / rate) if rate > 0 else '?'
+    logging.info('epoch %d/%d step %d/%d | loss %.4f acc %.4f | %.1f img/s | ETA %s', epoch + 1, c.num_epochs,
+                 s + 1, self.t.steps_per_epoch, sums['loss'] / sums['count'], sums['correct'] / sums['count'],
+                 rate, eta)
+
+
+def restore_or_init(t: Trainer, ckpt) -> tuple[TrainState, dict]:
+  """The state to continue from: the newest good checkpoint (checked against the config) or a fresh one."""
+  restored = ckpt.restore(t.checkpoint_target(), fingerprint=t.fingerprint)
   if restored is None:
-    state, meta = t.init_state(), {'best_val_accuracy': -1.0, 'train_seconds': 0.0, 'sums': None}
-    logging.info('Starting %s from scratch in %s.', config.model, workdir)
-  else:
-    tree, meta = restored
-    checkpoints.check_compatible(meta['fingerprint'], t.fingerprint, str(workdir / 'checkpoints'))
-    state = t.parallel.state_from_checkpoint(tree['state'])
-    logging.info('Resumed %s from step %d (epoch %d) in %s.', config.model, meta['step'],
-                 meta['step'] // t.steps_per_epoch, workdir)
-  start = int(meta.get('step', 0))
-  best, train_seconds = meta['best_val_accuracy'], meta['train_seconds']
-  metrics_path = workdir / 'metrics.jsonl'
+    logging.info('Starting %s from scratch in %s.', t.config.model, t.workdir)
+    return t.init_state(), {'step': 0, 'best_val_accuracy': -1.0, 'train_seconds': 0.0, 'sums': None}
+  tree, meta = restored
+  logging.info('Resumed %s from step %d (epoch %d) in %s.', t.config.model, meta['step'],
+               meta['step'] // t.steps_per_epoch, t.workdir)
+  return t.parallel.state_from_checkpoint(tree['state']), meta
+
+
+def train_loop(t: Trainer, ckpt) -> float:
+  """Train from the newest checkpoint to `num_epochs`, validating and checkpointing; returns training seconds.
+
+  Checkpoints come at every epoch end (after validation, so `metrics.jsonl` and the best checkpoint agree with
+  them) and every `checkpoint_every_steps`; a mid-epoch one also keeps the epoch's running metric sums.
+  """
+  config, spe = t.config, t.steps_per_epoch
+  state, meta = restore_or_init(t, ckpt)
+  start, best, train_seconds = int(meta['step']), meta['best_val_accuracy'], meta['train_seconds']
+  metrics_path = t.workdir / 'metrics.jsonl'
+  primary = jax.process_index() == 0
   if primary:
-    _truncate_records(metrics_path, start // t.steps_per_epoch)
+    _truncate_records(metrics_path, start // spe)
+  progress, last_good = Progress(t), start
 
-  def save(step, sums, best_flag):
+  def check_finite(sums, step) -> dict:
+    nonlocal last_good
+    host = t._host(sums)
+    if host['nonfinite']:
+      _raise_nonfinite(last_good, step, ckpt)
+    last_good = step
+    return host
+
+  def save(step, sums, is_best=False):
     meta = {'step': step, 'best_val_accuracy': best, 'train_seconds': train_seconds,
-            'sums': None if sums is None else t._host(sums), 'fingerprint': t.fingerprint,
+            'sums': None if sums is None else check_finite(sums, step), 'fingerprint': t.fingerprint,
             'config': json.loads(config.to_json_best_effort())}
-    ckpt.save(step, t.checkpoint_tree(state), meta, best=best_flag)
+    ckpt.save(step, t.checkpoint_tree(state), meta, best=is_best)
 
-  spe, bs = t.steps_per_epoch, config.batch_size
-  session_start, session_steps, first_step_done = time.time(), 0, None
-  last_checked = start
   for epoch in range(start // spe, config.num_epochs):
-    epoch_start = epoch_wall_start = time.time()
-    order = input_pipeline.epoch_order(len(t.splits['train']), bs, config.seed, epoch)
+    clock = epoch_start = time.time()
+    order = input_pipeline.epoch_order(len(t.splits['train']), config.batch_size, config.seed, epoch)
     sums = None
-    if meta.get('sums') and start % spe:  # Resuming inside an epoch: carry on its metric sums.
+    if start % spe and meta.get('sums'):  # Resuming inside an epoch: carry on its metric sums.
       sums = t.parallel.put_data({k: np.float32(v) for k, v in meta['sums'].items()})
     for s in range(start % spe if epoch == start // spe else 0, spe):
       state, m = t.p_train(state, t.batch('train', order[s]), t.data['train'])
       sums = m if sums is None else t.accumulate(sums, m)
       step = epoch * spe + s + 1
-      session_steps += 1
-      if first_step_done is None:
-        jax.block_until_ready(m)
-        first_step_done, session_steps = time.time(), 0  # Exclude compilation from speed and ETA.
+      checkpoints.fault_point('step')
+      progress.step_done(m)
       if step % config.log_every_steps == 0 or s == spe - 1:
-        host = t._host(sums)
-        if host['nonfinite']:
-          _raise_nonfinite(last_checked, step, ckpt)
-        last_checked = step
+        host = check_finite(sums, step)
         if primary:
-          elapsed = time.time() - first_step_done
-          rate = session_steps * bs / elapsed if elapsed > 0 and session_steps else float('nan')
-          eta = (t.total_steps - step) * bs / rate if rate == rate and rate > 0 else float('nan')
-          logging.info('epoch %d/%d step %d/%d | loss %.4f acc %.4f | %.1f img/s | ETA %s', epoch + 1,
-                       config.num_epochs, s + 1, spe, host['loss'] / host['count'],
-                       host['correct'] / host['count'], rate, _fmt_time(eta) if eta == eta else '?')
+          progress.log(epoch, s, step, host)
       if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and s != spe - 1:
-        train_seconds += time.time() - epoch_start
-        epoch_start = time.time()
-        save(step, sums, False)
+        train_seconds += time.time() - clock
+        clock = time.time()
+        save(step, sums)
     train = summarize(t._host(sums))
     val = t.evaluate(t.parallel.params(state), 'validation')
-    train_seconds += time.time() - epoch_start
-    record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, 'train_loss': train['loss'],
-              'train_accuracy': train['accuracy'], 'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
-              'learning_rate': float(lr_schedule(config, t.total_steps)((epoch + 1) * spe - 1)),
-              'seconds': time.time() - epoch_wall_start}
+    train_seconds += time.time() - clock
+    step = (epoch + 1) * spe
+    record = {'epoch': epoch + 1, 'step': step, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
+              'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
+              'learning_rate': float(lr_schedule(config, t.total_steps)(step - 1)),
+              'seconds': time.time() - epoch_start}
     record.update({f'train_{k}': v for k, v in train.items() if k.startswith('loss')})
     record.update({f'val_{k}': v for k, v in val.items() if k.startswith('loss') and k != 'loss'})
     if primary:
@@ -365,17 +397,14 @@ def _run(config, workdir: str) -> dict:
                  train['accuracy'], val['loss'], val['accuracy'])
     is_best = val['accuracy'] > best
     best = max(best, val['accuracy'])
-    save((epoch + 1) * spe, None, is_best)
-    start = (epoch + 1) * spe
-  ckpt.wait()
-  results = finish(t, ckpt, config, workdir, train_seconds)
-  ckpt.close()
-  return results
+    save(step, None, is_best)
+    start = step
+  return train_seconds
 
 
 def finish(t: Trainer, ckpt, config, workdir: Path, train_seconds: float) -> dict:
   """Test the best-by-validation checkpoint and write results.json (and the training-curve plot)."""
-  restored = ckpt.restore(t.checkpoint_target(), 'best')
+  restored = ckpt.restore(t.checkpoint_target(), 'best', fingerprint=t.fingerprint)
   if restored is None:
     raise RuntimeError(f'No best checkpoint in {workdir}/checkpoints/best to test.')
   tree, meta = restored
@@ -414,5 +443,11 @@ def _truncate_records(path: Path, epochs_done: int) -> None:
   """Keep metrics.jsonl consistent with the checkpoint: drop records of epochs after it."""
   if not path.exists():
     return
-  lines = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)['epoch'] <= epochs_done]
-  path.write_text(''.join(l + '\n' for l in lines))
+  keep = []
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line)['epoch'] <= epochs_done:
+        keep.append(line)
+    except (json.JSONDecodeError, KeyError):  # A line torn by a kill mid-write.
+      continue
+  path.write_text(''.join(l + '\n' for l in keep))
