@@ -62,3 +62,19 @@ def tiny_config(model: str, manual_dir, data_dir, **overrides):
 
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the whole session, shared with the subprocesses tests start: the same
+  network at the same batch compiles once. It changes no result, only start-up time."""
+  import tempfile
+  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    config._anatomy_jax_cache = os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+        prefix='anatomy_jax_test_cache_')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+
+def pytest_unconfigure(config):
+  import shutil
+  if getattr(config, '_anatomy_jax_cache', None):
+    shutil.rmtree(config._anatomy_jax_cache, ignore_errors=True)

@@ -67,28 +67,31 @@ def compare(a: dict, b: dict) -> list[str]:
 
 
 def inject(root: Path, kills: list[str]) -> dict:
-  """Reference run, then the faulted run through `kills`; returns a summary."""
+  """A reference run, then faulted runs through `kills`: each faulted run is restarted after every kill until
+  it completes, is compared with the reference, and the next kills go to a fresh faulted run."""
   from conftest import make_image_folder
   images = make_image_folder(root / 'images', per_class=20)
   data_dir = root / 'tfds'
   assert run(command(images, data_dir, root / 'reference')) == 0
   reference = final_state(root / 'reference')
-  happened, partial = [], 0
-  faulted = command(images, data_dir, root / 'faulted')
-  for spec in kills:
-    if run(faulted, spec) == -9:
-      happened.append(spec)
-      # A kill inside a save leaves Orbax's temporary directory: the save really was cut short.
-      partial += len(list((root / 'faulted' / 'checkpoints').glob('*/*.orbax-checkpoint-tmp*')))
-  restarts = 0
-  while not (root / 'faulted' / 'results.json').exists():  # Finish the run after the last kill.
-    run(faulted)
-    restarts += 1
-  problems = compare(reference, final_state(root / 'faulted'))
+  happened, partial, problems, rounds = [], 0, [], 0
+  pending = list(kills)
+  while pending:
+    rounds += 1
+    workdir = root / f'faulted{rounds}'
+    cmd = command(images, data_dir, workdir)
+    while pending and not (workdir / 'results.json').exists():
+      spec = pending.pop(0)
+      if run(cmd, spec) == -9:
+        happened.append(spec)
+        # A kill inside a save leaves Orbax's temporary directory: the save really was cut short.
+        partial += len(list((workdir / 'checkpoints').glob('*/*.orbax-checkpoint-tmp*')))
+    while not (workdir / 'results.json').exists():  # Finish the run after its last kill.
+      run(cmd)
+    problems += [f'round {rounds}: {p}' for p in compare(reference, final_state(workdir))]
   return {'kills_tried': len(kills), 'kills_happened': len(happened), 'killed_at': happened,
-          'partial_checkpoints_left_by_kills': partial,
-          'final_restarts': restarts, 'identical': not problems, 'problems': problems,
-          'steps': reference['step']}
+          'partial_checkpoints_left_by_kills': partial, 'faulted_runs': rounds, 'identical': not problems,
+          'problems': problems, 'steps': reference['step']}
 
 
 def main():

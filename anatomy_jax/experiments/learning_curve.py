@@ -39,6 +39,7 @@ def run_learning_curve(outdir, models=runner.MODELS, fractions=(0.01, 0.02, 0.05
                        seeds=(0, 1, 2), variant='', overrides=()) -> list[dict]:
   outdir = Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
+  runner.enable_compilation_cache(outdir)
   runs = []
   for model in models:
     for fraction in fractions:

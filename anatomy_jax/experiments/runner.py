@@ -52,6 +52,15 @@ def load_config(model: str, variant: str = '', overrides: list[str] = ()) -> ml_
   return config
 
 
+def enable_compilation_cache(outdir: Path) -> None:
+  """Share compiled steps between an experiment's runs (same network and batch: same program) via JAX's
+  persistent cache in OUTDIR/.jax_cache; the runs' results are unchanged, only their start-up is shorter."""
+  import jax
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', str(Path(outdir).absolute() / '.jax_cache'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
 def train_once(config, workdir: Path) -> dict:
   """Train unless `workdir` already holds a finished run (results.json); an unfinished one resumes."""
   results = workdir / 'results.json'

@@ -76,6 +76,7 @@ def write_tables(rows: list[dict], outdir: Path, note: str = '') -> tuple[Path, 
 def run_table2(outdir, models=runner.MODELS, variant='', overrides=()) -> list[dict]:
   outdir = Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
+  runner.enable_compilation_cache(outdir)
   rows = []
   for model in models:
     config = runner.load_config(model, variant, overrides)
