@@ -109,7 +109,42 @@ def eval_batches(num_examples: int, batch_size: int) -> Iterator[tuple[np.ndarra
     yield np.where(mask, idx, 0).astype(np.int32), mask
 
 
-def host_batch(split: Split, idx: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """The batch dict the steps take, gathered on the host for the given rows of the global batch."""
-  return {'image': split.images[idx], 'label': split.labels[idx],
-          'mask': np.ones(len(idx), bool) if mask is None else mask}
+def host_batch(split: Split, idx: np.ndarray) -> dict[str, np.ndarray]:
+  """Images and labels of the given examples, gathered on the host (when the data can't live on the device)."""
+  return {'image': split.images[idx], 'label': split.labels[idx]}
+
+
+def prefetch(batches: Iterator, size: int = 2) -> Iterator:
+  """Produce the next `size` batches in a background thread (host gathering and the copy to the devices
+  overlap the running step); errors are re-raised in the caller."""
+  import queue
+  import threading
+
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for b in batches:
+        while not stop.is_set():
+          try:
+            q.put(b, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      q.put(done)
+    except BaseException as e:  # Handed to the consumer.
+      q.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while (item := q.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

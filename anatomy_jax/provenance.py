@@ -1,6 +1,7 @@
 """Where a result came from: config, code version, library versions and devices."""
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -34,11 +35,21 @@ def versions() -> dict[str, str]:
   return out
 
 
+def cpu_model() -> str:
+  try:
+    for line in Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def devices() -> dict:
   d = jax.devices()
   return {'backend': jax.default_backend(), 'device_kind': d[0].device_kind, 'device_count': len(d),
-          'process_count': jax.process_count(), 'host': platform.node(), 'cpu': platform.processor() or
-          platform.machine()}
+          'process_count': jax.process_count(), 'host': platform.node(), 'cpu': cpu_model(),
+          'cpu_count': os.cpu_count()}
 
 
 def collect(config=None) -> dict:

@@ -184,7 +184,8 @@ class Trainer:
     self.mean = input_pipeline.mean_image(self.splits['train'].images, config.mean_subtraction, self.preprocess)
     self.steps_per_epoch = len(self.splits['train']) // config.batch_size
     if self.steps_per_epoch == 0:
-      input_pipeline.epoch_order(len(self.splits['train']), config.batch_size, 0, 0)  # Raises a clear error.
+      raise ValueError(f'The training split has {len(self.splits["train"])} examples, fewer than one batch of '
+                       f'{config.batch_size}. Lower --config.batch_size or use more training data.')
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.tx = make_optimizer(config, self.total_steps)
     self.fingerprint = checkpoints.fingerprint(config, self.dataset.class_names, self.dataset.image_shape)
@@ -223,11 +224,7 @@ class Trainer:
     local_idx = idx[rows]
     if mask is not None:
       mask = mask[rows]
-    if self.on_device:
-      local = {'idx': local_idx}
-    else:
-      local = input_pipeline.host_batch(self.splits[split_name], local_idx)
-      local.pop('mask')
+    local = {'idx': local_idx} if self.on_device else input_pipeline.host_batch(self.splits[split_name], local_idx)
     local['pos'] = pos
     if mask is not None:
       local['mask'] = mask
@@ -366,8 +363,10 @@ def train_loop(t: Trainer, ckpt) -> float:
     sums = None
     if start % spe and meta.get('sums'):  # Resuming inside an epoch: carry on its metric sums.
       sums = t.parallel.put_data({k: np.float32(v) for k, v in meta['sums'].items()})
-    for s in range(start % spe if epoch == start // spe else 0, spe):
-      state, m = t.p_train(state, t.batch('train', order[s]), t.data['train'])
+    first = start % spe if epoch == start // spe else 0
+    batches = input_pipeline.prefetch(t.batch('train', order[s]) for s in range(first, spe))
+    for s, batch in zip(range(first, spe), batches):
+      state, m = t.p_train(state, batch, t.data['train'])
       sums = m if sums is None else t.accumulate(sums, m)
       step = epoch * spe + s + 1
       checkpoints.fault_point('step')

@@ -179,3 +179,14 @@ def test_batch_size_must_divide_devices(monkeypatch):
   monkeypatch.setattr(jax, 'device_count', lambda: 8)
   with pytest.raises(ValueError, match='batch_size=100 is not divisible by the 8 devices'):
     p.check_batch_size(100)
+
+
+def test_prefetch_keeps_order_and_reraises():
+  assert list(input_pipeline.prefetch(iter(range(7)), size=2)) == list(range(7))
+
+  def broken():
+    yield 1
+    raise OSError('disk gone')
+
+  with pytest.raises(OSError, match='disk gone'):
+    list(input_pipeline.prefetch(broken()))
