@@ -5,7 +5,7 @@
 
 Prints and writes JSON with: compile time; training images/s of the jitted step on a batch already on the
 device; end-to-end training images/s through the real input pipeline (new batches, real data order); evaluation
-images/s; FLOPs per image from XLA's cost analysis; model FLOP utilisation against the device's peak where
+images/s (validation batches through the real pipeline); FLOPs per image from XLA's cost analysis; model FLOP utilisation against the device's peak where
 known; peak device memory. Each speed is the median (with min and max) of `repeats` timed runs of `steps`
 steps after warm-up, blocking only at the end of each run. With --torch, the same network in PyTorch (eager,
 channels-last, bfloat16 autocast when the config computes in bfloat16) is timed at the same batch and the
@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from anatomy_jax import input_pipeline, provenance, train
+from anatomy_jax import cli, input_pipeline, provenance, train
 
 FLAGS = flags.FLAGS
 
@@ -94,8 +94,16 @@ def benchmark(config, workdir: str = '/tmp/anatomy_jax_benchmark', steps: int = 
                      steps, repeats), steps * bs)
 
   params = t.parallel.params(state)
-  n_eval = len(t.splits['validation'])
-  evaluation = _rate(_timed(lambda n: [t.evaluate(params, 'validation') for _ in range(n)], 1, repeats), n_eval)
+  eval_order = list(input_pipeline.eval_batches(len(t.splits['validation']), config.eval_batch_size))
+
+  def run_eval(n):
+    m = None
+    for i in range(n):
+      idx, mask = eval_order[i % len(eval_order)]
+      m = t.p_eval(params, t.batch('validation', idx, mask), t.data['validation'])
+    jax.block_until_ready(m)
+
+  evaluation = _rate(_timed(run_eval, steps, repeats), steps * config.eval_batch_size)
 
   device = jax.devices()[0]
   peak = PEAK_FLOPS.get((device.device_kind, config.dtype))
@@ -134,9 +142,8 @@ def summary_line(r: dict) -> str:
 
 
 def main(argv):
+  cli.quiet_libraries()
   del argv
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
   try:
     r = benchmark(FLAGS.config, FLAGS.workdir, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
   except (ValueError, FileNotFoundError) as e:

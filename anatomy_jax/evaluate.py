@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
-from anatomy_jax import datasets, inference, metrics
+from anatomy_jax import cli, datasets, inference, metrics
 
 FLAGS = flags.FLAGS
 
@@ -100,6 +100,7 @@ def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir
 
 
 def main(argv):
+  cli.quiet_libraries()
   del argv
   try:
     run_evaluation(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.folder, FLAGS.data_dir, FLAGS.manual_dir)

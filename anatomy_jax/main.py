@@ -10,7 +10,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from anatomy_jax import parallel, train
+from anatomy_jax import cli, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -24,21 +24,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, train.NonFiniteLoss, RuntimeError)
 
 
-def quiet_libraries() -> None:
-  """Keep the log to our progress lines: Orbax and matplotlib log every file they touch at INFO."""
-  import logging as std_logging
-  noisy = ('/orbax/', '/matplotlib/', '/etils/', '/tensorflow_datasets/')
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}. Hyperparameters go in --config.FIELD=VALUE.')
-  quiet_libraries()
+  cli.quiet_libraries()
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
   logging.info('JAX %s, process %d of %d, %d local / %d global devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices())

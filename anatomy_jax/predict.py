@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
-from anatomy_jax import inference, metrics
+from anatomy_jax import cli, inference, metrics
 from anatomy_jax.datasets import images
 
 FLAGS = flags.FLAGS
@@ -67,6 +67,7 @@ def predict_files(run: inference.Run, files: list[Path]) -> tuple[list[dict], li
 
 
 def main(argv):
+  cli.quiet_libraries()
   files = argv[1:]
   if not files:
     raise app.UsageError('Name the image files or folders to classify.')

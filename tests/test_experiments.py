@@ -91,3 +91,12 @@ def test_training_curve_plot_with_aux_heads(tmp_path):
   path = plots.training_curves(tmp_path / 'metrics.jsonl', tmp_path / 'c.png', 'googlenet')
   with Image.open(path) as im:
     assert im.size == (840, 504)
+
+
+def test_learning_curve_shrinks_a_batch_larger_than_the_training_set():
+  config = runner.load_config('proposed')
+  learning_curve.fit_batch(config, 43)
+  assert config.batch_size == 43
+  config = runner.load_config('proposed')
+  learning_curve.fit_batch(config, 4245)
+  assert config.batch_size == 100

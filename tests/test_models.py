@@ -234,3 +234,17 @@ def test_forward_backward_jit_compiles_once(name):
   assert loss_and_grad._cache_size() == 1
   assert np.isfinite(float(l1)) and np.isfinite(float(l2))
   assert jax.tree_util.tree_structure(g1) == jax.tree_util.tree_structure(variables['params'])
+
+
+def test_grouped_conv_matches_a_reference_grouped_convolution():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 8))
+  conv = layers.CaffeConv(6, 3, stride=2, pad=1, groups=2, kernel_init=layers.gaussian(0.1), bias=0.1)
+  variables = conv.init(jax.random.key(1), x)
+  kernel, bias = variables['params']['kernel'], variables['params']['bias']
+  assert kernel.shape == (3, 3, 4, 6)  # Caffe's group layout: each output sees in/groups channels.
+  ref = jax.lax.conv_general_dilated(x, kernel, (2, 2), [(1, 1), (1, 1)], dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                     feature_group_count=2) + bias
+  np.testing.assert_allclose(conv.apply(variables, x), ref, rtol=1e-5, atol=1e-6)
+  # Group g's outputs depend only on group g's inputs.
+  x2 = x.at[..., :4].set(0.0)
+  np.testing.assert_allclose(conv.apply(variables, x2)[..., 3:], conv.apply(variables, x)[..., 3:], rtol=1e-5)

@@ -7,12 +7,14 @@ Each (model, fraction, seed) trains in DIR/<model>/frac<fraction>_seed<seed> on 
 training split (chosen by the seed); validation and test are always the full splits. Writes
 DIR/learning_curve_runs.csv (every run), DIR/learning_curve.csv (mean and std over seeds) and
 DIR/learning_curve.png (test accuracy, mean +- std, against training images). Finished runs are not redone.
+A fraction that leaves fewer images than one batch trains with a single batch of all of them.
 """
 
 import csv
 import sys
 from pathlib import Path
 
+import jax
 import matplotlib
 import numpy as np
 from absl import app, flags, logging
@@ -20,6 +22,7 @@ from absl import app, flags, logging
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from anatomy_jax import cli, datasets, input_pipeline  # noqa: E402
 from anatomy_jax.experiments import runner  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -41,20 +44,32 @@ def run_learning_curve(outdir, models=runner.MODELS, fractions=(0.01, 0.02, 0.05
   outdir.mkdir(parents=True, exist_ok=True)
   runner.enable_compilation_cache(outdir)
   runs = []
+  labels = None
   for model in models:
     for fraction in fractions:
       for seed in seeds:
         config = runner.load_config(model, variant, list(overrides) + [f'train_fraction={float(fraction)}',
                                                                        f'seed={int(seed)}'])
+        if labels is None:
+          labels = datasets.load_dataset(config).splits['train'].labels
+        fit_batch(config, len(input_pipeline.subset(labels, config.train_fraction, config.seed)))
         workdir = outdir / model / f'frac{float(fraction):g}_seed{int(seed)}'
         logging.info('Learning curve: %s, fraction %g, seed %d', model, fraction, seed)
         r = runner.train_once(config, workdir)
         runs.append({'model': model, 'fraction': float(fraction), 'seed': int(seed),
-                     'train_size': r['split_sizes']['train'], 'val_accuracy': r['val_accuracy'],
-                     'test_accuracy': r['test_accuracy'], 'test_loss': r['test_loss'],
-                     'train_seconds': r['train_seconds']})
+                     'train_size': r['split_sizes']['train'], 'batch_size': config.batch_size,
+                     'val_accuracy': r['val_accuracy'], 'test_accuracy': r['test_accuracy'],
+                     'test_loss': r['test_loss'], 'train_seconds': r['train_seconds']})
   write_outputs(runs, outdir)
   return runs
+
+
+def fit_batch(config, train_size: int) -> None:
+  """A training set smaller than one batch trains with one batch of all of it (rounded down to the devices)."""
+  if train_size < config.batch_size:
+    devices = jax.device_count()
+    config.batch_size = max(devices, train_size // devices * devices)
+    logging.info('%d training images: batch size lowered to %d.', train_size, config.batch_size)
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -99,6 +114,7 @@ def write_outputs(runs: list[dict], outdir: Path) -> None:
 
 
 def main(argv):
+  cli.quiet_libraries()
   del argv
   try:
     run_learning_curve(FLAGS.outdir, FLAGS.models, [float(f) for f in FLAGS.fractions],

@@ -31,7 +31,7 @@ def training_curves(metrics_path, out_path, title: str = '') -> Path:
       acc.plot(epochs, [100 * r[f'val_{head}_accuracy'] for r in records], style, color='tab:green', alpha=0.6,
                label=f'validation accuracy ({head} head)')
   acc.set_ylabel('validation accuracy (%)')
-  acc.set_ylim(0, 100)
+  acc.set_ylim(max(0.0, min(100 * r['val_accuracy'] for r in records) - 5), 100)
   lines = ax.get_lines() + acc.get_lines()
   ax.legend(lines, [l.get_label() for l in lines], loc='center right', fontsize=8)
   ax.set_title(title or Path(metrics_path).parent.name)

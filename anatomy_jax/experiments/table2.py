@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from anatomy_jax import evaluate, provenance
+from anatomy_jax import cli, evaluate, provenance
 from anatomy_jax.experiments import runner
 
 FLAGS = flags.FLAGS
@@ -85,7 +85,8 @@ def run_table2(outdir, models=runner.MODELS, variant='', overrides=()) -> list[d
     results = runner.train_once(config, workdir)
     rows.append(row_for(model, workdir, results))
   dev = provenance.devices()
-  note = (f'Measured on {dev["device_count"]} x {dev["device_kind"]} ({dev["backend"]}), code '
+  note = (f'Measured on {dev["device_count"]} x {dev["device_kind"]} ({dev["backend"]}; host CPU {dev["cpu"]}, '
+          f'{dev["cpu_count"]} cores), code '
           f'{provenance.git_commit()[:12]}; overrides: {", ".join(overrides) or "none"}'
           f'{"; variant " + variant if variant else ""}.')
   write_tables(rows, outdir, note)
@@ -93,6 +94,7 @@ def run_table2(outdir, models=runner.MODELS, variant='', overrides=()) -> list[d
 
 
 def main(argv):
+  cli.quiet_libraries()
   del argv
   try:
     run_table2(FLAGS.outdir, FLAGS.models, FLAGS.variant, FLAGS.override)

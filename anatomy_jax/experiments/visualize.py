@@ -21,7 +21,7 @@ from absl import app, flags
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from anatomy_jax import inference  # noqa: E402
+from anatomy_jax import cli, inference  # noqa: E402
 from anatomy_jax.datasets import images as image_io  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -39,7 +39,7 @@ def define_flags():
 def first_conv_kernel(params) -> tuple[str, np.ndarray]:
   """(layer name, HWIO kernel) of the network's first convolution (all four networks name it conv1...)."""
   name = min(k for k in params if k.startswith('conv1'))
-  return name, np.asarray(params[name]['conv']['kernel'])
+  return name, np.asarray(params[name]['kernel'])
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -126,6 +126,7 @@ def visualize(workdir, image_path: str = '', index: int = 0, checkpoint: str = '
 
 
 def main(argv):
+  cli.quiet_libraries()
   del argv
   try:
     paths = visualize(FLAGS.workdir, FLAGS.image, FLAGS.index, FLAGS.checkpoint, FLAGS.max_maps)
