@@ -254,9 +254,14 @@ class Trainer:
   def evaluate(self, params, split_name: str) -> dict:
     sums = None
     n = len(self.splits[split_name])
+    # Several CPU processes: independent evaluation steps may run concurrently, and their gloo collectives
+    # then meet in different orders in different processes and deadlock (seen with 106 batches). One at a time.
+    serial = jax.process_count() > 1 and jax.default_backend() == 'cpu'
     for idx, mask in input_pipeline.eval_batches(n, self.config.eval_batch_size):
       m = self.p_eval(params, self.batch(split_name, idx, mask), self.data[split_name])
       sums = m if sums is None else self.accumulate(sums, m)
+      if serial:
+        jax.block_until_ready(sums)
     return summarize(self._host(sums))
 
   def _host(self, tree) -> dict:
@@ -364,7 +369,9 @@ def train_loop(t: Trainer, ckpt) -> float:
     if start % spe and meta.get('sums'):  # Resuming inside an epoch: carry on its metric sums.
       sums = t.parallel.put_data({k: np.float32(v) for k, v in meta['sums'].items()})
     first = start % spe if epoch == start // spe else 0
-    batches = input_pipeline.prefetch(t.batch('train', order[s]) for s in range(first, spe))
+    batches = (t.batch('train', order[s]) for s in range(first, spe))
+    if not t.on_device and jax.process_count() == 1:
+      batches = input_pipeline.prefetch(batches)
     for s, batch in zip(range(first, spe), batches):
       state, m = t.p_train(state, batch, t.data['train'])
       sums = m if sums is None else t.accumulate(sums, m)

@@ -59,6 +59,8 @@ def run(model: str, steps: int) -> dict:
   for mode in ('jit', 'pmap'):
     params, metrics, val = final[mode]
     out[mode] = {'param_rel_diff': max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(rel, params, ref_params))),
+                 'param_abs_diff': max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+                     lambda a, b: float(np.max(np.abs(a - b))), params, ref_params))),
                  'metric_diff': max(abs(a[k] - b[k]) / max(abs(b[k]), 1.0) for a, b in zip(metrics, ref_metrics)
                                     for k in b),
                  'metric_keys': sorted(metrics[0]), 'val': val}

@@ -24,16 +24,18 @@ def run_check(model: str, steps: int, devices: int = 8) -> dict:
   return json.loads(line[len('RESULT '):])
 
 
-@pytest.mark.parametrize('model,steps,tol', [
-    ('lenet', 3, 1e-5),
-    ('googlenet', 2, 2e-4),  # Dropout in the main and both aux heads, aux losses x 0.3; deeper, so looser.
+@pytest.mark.parametrize('model,steps', [
+    ('lenet', 3),
+    ('googlenet', 2),  # Dropout in the main and both aux heads, aux losses x 0.3.
 ])
-def test_jit_and_pmap_on_8_devices_match_one_device(model, steps, tol):
+def test_jit_and_pmap_on_8_devices_match_one_device(model, steps):
   r = run_check(model, steps)
   assert r['devices'] == 8
-  assert r['param_change'] > 1e-4  # The steps moved the parameters, so agreement means something.
+  assert r['param_change'] > 1e-3  # The steps moved the parameters, so agreement means something.
   for mode in ('jit', 'pmap'):
-    assert r[mode]['param_rel_diff'] < tol, (mode, r[mode])
+    # Sums are reduced in another order across devices, so float32 rounding differs slightly; a wrong dropout
+    # mask, crop or gradient average would differ by the size of the update itself.
+    assert r[mode]['param_abs_diff'] < 1e-2 * r['param_change'], (mode, r[mode], r['param_change'])
     assert r[mode]['metric_diff'] < 1e-5, (mode, r[mode])
   if model == 'googlenet':
     assert {'loss1_correct', 'loss2_correct'} <= set(r['jit']['metric_keys'])
