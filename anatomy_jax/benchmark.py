@@ -2,6 +2,7 @@
 
   python -m anatomy_jax.benchmark --config=configs/proposed.py [--config.FIELD=...] [--output=bench.json]
       [--steps=20] [--repeats=5] [--torch]
+  python -m anatomy_jax.benchmark --table bench_*.json      # the README's markdown table from saved JSON
 
 Prints and writes JSON with: compile time; training images/s of the jitted step on a batch already on the
 device; end-to-end training images/s through the real input pipeline (new batches, real data order); evaluation
@@ -43,6 +44,7 @@ def define_flags():
   flags.DEFINE_integer('steps', 20, 'Steps per timed run.')
   flags.DEFINE_integer('repeats', 5, 'Timed runs (after one warm-up run).')
   flags.DEFINE_bool('torch', False, 'Also time the PyTorch peer on the same device.')
+  flags.DEFINE_bool('table', False, 'Print a markdown table of the JSON files given as arguments, then exit.')
 
 
 def _timed(fn, steps: int, repeats: int) -> dict:
@@ -141,8 +143,33 @@ def summary_line(r: dict) -> str:
   return line
 
 
+def markdown_table(records: list[dict]) -> str:
+  """One row per benchmark JSON: the figures the README reports."""
+  rows = ['| model | device | dtype | batch | step img/s | end-to-end img/s (% of step) | eval img/s | '
+          'PyTorch img/s | ratio | GFLOP/img | MFU |', '|' + '---|' * 11]
+  for r in records:
+    torch = r.get('torch', {})
+    peer = f'{torch["images_per_s"]:.1f}' if torch.get('images_per_s') else 'n/a'
+    ratio = f'{r["ratio_vs_torch"]:.2f}' if 'ratio_vs_torch' in r else 'n/a'
+    mfu = f'{100 * r["mfu"]:.1f}%' if r.get('mfu') is not None else 'n/a'
+    gflop = f'{r["flops_per_image"] / 1e9:.3g}' if r.get('flops_per_image') else 'n/a'
+    device = f'{r["device"]["device_count"]} x {r["device"].get("cpu") or r["device"]["device_kind"]}'
+    rows.append(f'| {r["model"]} | {device} | {r["dtype"]} | {r["batch_size"]} | '
+                f'{r["train_step"]["images_per_s"]:.1f} | {r["train_end_to_end"]["images_per_s"]:.1f} '
+                f'({100 * r["end_to_end_over_step"]:.0f}%) | {r["eval"]["images_per_s"]:.1f} | {peer} | {ratio} | '
+                f'{gflop} | {mfu} |')
+  return '\n'.join(rows)
+
+
 def main(argv):
   cli.quiet_libraries()
+  if FLAGS.table:
+    if len(argv) < 2:
+      sys.exit('error: --table needs benchmark JSON files as arguments')
+    print(markdown_table([json.loads(Path(f).read_text()) for f in argv[1:]]))
+    return
+  if FLAGS.config is None:
+    sys.exit('error: --config is required (e.g. --config=configs/proposed.py)')
   del argv
   try:
     r = benchmark(FLAGS.config, FLAGS.workdir, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
@@ -156,5 +183,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -25,3 +25,9 @@ def test_benchmark_tiny_runs_and_writes_json(image_folder, tmp_path):
   assert r['model'] == 'proposed' and r['batch_size'] == 8
   assert 'images_per_s' in r['torch'] or r['torch'] == {'skipped': 'torch is not installed'}
   assert 'step' in proc.stdout and 'img/s' in proc.stdout
+
+  table = subprocess.run([sys.executable, '-m', 'anatomy_jax.benchmark', '--table', str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert table.returncode == 0, table.stderr[-3000:]
+  row = table.stdout.strip().splitlines()[-1]
+  assert row.startswith('| proposed |') and f'{r["train_step"]["images_per_s"]:.1f}' in row
