@@ -6,8 +6,8 @@
 
 Prints and writes JSON with: compile time; training images/s of the jitted step on a batch already on the
 device; end-to-end training images/s through the real input pipeline (new batches, real data order); evaluation
-images/s (validation batches through the real pipeline); FLOPs per image from XLA's cost analysis; model FLOP utilisation against the device's peak where
-known; peak device memory. Each speed is the median (with min and max) of `repeats` timed runs of `steps`
+images/s (validation batches through the real pipeline); FLOPs per image from XLA's cost analysis; model FLOP
+utilisation against the device's peak where known; peak device memory. Each speed is the median (with min and max) of `repeats` timed runs of `steps`
 steps after warm-up, blocking only at the end of each run. With --torch, the same network in PyTorch (eager,
 channels-last, bfloat16 autocast when the config computes in bfloat16) is timed at the same batch and the
 ratio reported; skipped, saying so, where torch is not installed.

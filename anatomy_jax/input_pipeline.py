@@ -8,6 +8,8 @@ get the same crops on one device or eight.
 """
 
 import dataclasses
+import queue
+import threading
 from typing import Iterator
 
 import jax
@@ -117,30 +119,30 @@ def host_batch(split: Split, idx: np.ndarray) -> dict[str, np.ndarray]:
 def prefetch(batches: Iterator, size: int = 2) -> Iterator:
   """Produce the next `size` batches in a background thread (host gathering and the copy to the devices
   overlap the running step); errors are re-raised in the caller."""
-  import queue
-  import threading
-
   q: queue.Queue = queue.Queue(maxsize=size)
   done = object()
   stop = threading.Event()
 
+  def put(item) -> bool:
+    """Hand `item` over unless the consumer has gone; False once it has."""
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
   def produce():
     try:
       for b in batches:
-        while not stop.is_set():
-          try:
-            q.put(b, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if not put(b):
           return
-      q.put(done)
+      put(done)
     except BaseException as e:  # Handed to the consumer.
-      q.put(e)
+      put(e)
 
-  thread = threading.Thread(target=produce, daemon=True)
-  thread.start()
+  threading.Thread(target=produce, daemon=True).start()
   try:
     while (item := q.get()) is not done:
       if isinstance(item, BaseException):
