@@ -1,64 +1,177 @@
-"""Orbax checkpoints in WORKDIR/checkpoints: the latest few and the best by validation accuracy.
+"""Orbax checkpoints in WORKDIR/checkpoints that prove themselves: the latest few, and the best by validation.
 
 Each checkpoint holds everything that decides the rest of a run: the train state (params, optimizer state,
-step, RNG key), the running sums of the epoch's training metrics, and JSON metadata (epoch, best accuracy so
-far, training seconds, and a fingerprint of the config it was made with). Orbax writes each checkpoint into a
-temporary directory and renames it when complete, so a save cut short is never listed; a checkpoint that fails
-to restore is reported and the one before it used.
+step, RNG key), the training mean image, and JSON metadata: the step, the best accuracy so far, training
+seconds, the epoch's running metric sums, the config and its fingerprint (model, data, classes), the
+structure of every saved array and a CRC-32 checksum of its bytes.
+
+Restoring goes newest first and checks, in order: the fingerprint (another setup is refused with the
+differences, never mistaken for damage), the structure (a changed optimizer or model option is reported as
+such, with the config fields that differ), then the data itself against its checksums. A checkpoint that fails
+to load or to match its checksums is moved to WORKDIR/checkpoints/corrupt/ (reported by name) and the one
+before it used; for `best`, the same step in `latest` counts as a copy. Orbax writes into a temporary
+directory and renames it when complete, so a save cut short is never listed.
 """
 
 import fcntl
+import json
 import os
 import signal
+import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from anatomy_jax.errors import NonFiniteLoss, UserError
 
 # Config fields whose change makes a checkpoint meaningless for the run (num_epochs may change: that extends it).
 FINGERPRINT_FIELDS = ('model', 'model_kwargs', 'dataset', 'batch_size', 'seed', 'train_fraction', 'image_size',
                       'crop_size')
 
 
-def fingerprint(config, class_names, image_shape) -> dict[str, Any]:
+def fingerprint(config, class_names, image_shape, data_fingerprint: str = '') -> dict[str, Any]:
   """What a checkpoint must agree with to be resumed or evaluated under `config`."""
   fp = {k: config[k].to_dict() if hasattr(config[k], 'to_dict') else config[k] for k in FINGERPRINT_FIELDS}
   fp['model_kwargs'] = {k: list(v) if isinstance(v, tuple) else v for k, v in fp['model_kwargs'].items()}
   fp['class_names'] = list(class_names)
   fp['image_shape'] = list(image_shape)
+  if data_fingerprint:
+    fp['data'] = data_fingerprint
   return fp
 
 
 def check_compatible(saved: dict, current: dict, where: str) -> None:
-  """Refuse a checkpoint made with another model, classes or data setup, showing the differences."""
-  diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
+  """Refuse a checkpoint made with another model, classes or data, showing the differences. (Checkpoints
+  written before the data fingerprint existed are not checked for it.)"""
+  keys = (set(saved) | set(current)) - ({'data'} if 'data' not in saved else set())
+  diff = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
   if diff:
     lines = '\n'.join(f'  {k}: checkpoint {a!r} vs now {b!r}' for k, (a, b) in sorted(diff.items()))
-    raise ValueError(f'The checkpoint in {where} was made with a different setup:\n{lines}\n'
-                     'Use another --workdir for the new setup, or restore the old config.')
+    hint = (' (data: the prepared images or their split differ; a changed folder, group option or '
+            'train_fraction)' if 'data' in diff else '')
+    raise UserError(f'The checkpoint in {where} was made with a different setup{hint}:\n{lines}\n'
+                    'Use another --workdir for the new setup, or restore the old config and data.')
 
+
+# ----------------------------------------------------------------------------------------------- integrity
+
+def _key_name(entry) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def leaves(tree) -> dict[str, Any]:
+  """{'state/params/conv1/kernel': leaf, ...}: every array of a checkpoint tree under a stable path name."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {'/'.join(_key_name(e) for e in path): leaf for path, leaf in flat}
+
+
+def structure(tree) -> dict[str, list]:
+  """Each array's [shape, dtype], by path."""
+  return {k: [list(v.shape), str(np.dtype(v.dtype))] for k, v in leaves(tree).items()}
+
+
+def _host(x) -> np.ndarray:
+  return np.asarray(x.addressable_data(0) if hasattr(x, 'addressable_data') else x)
+
+
+def checksums(tree, check_finite: bool = False) -> dict[str, str]:
+  """CRC-32 of every array's bytes (this process's copy of replicated arrays), by path. With `check_finite`, a
+  non-finite float anywhere is refused: a checkpoint must never hold NaN parameters."""
+  out, bad = {}, []
+  for name, leaf in leaves(tree).items():
+    x = np.ascontiguousarray(_host(leaf))
+    if check_finite and np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+      bad.append(name)
+    out[name] = f'{zlib.crc32(x.view(np.uint8).reshape(-1)):08x}'
+  if bad:
+    raise NonFiniteLoss(f'Non-finite values in {", ".join(bad[:5])}{" ..." if len(bad) > 5 else ""}: not saved. '
+                        'Lower --config.learning_rate or check the data.')
+  return out
+
+
+class Corrupt(Exception):
+  """A checkpoint whose data can't be read, or doesn't match its checksums."""
+
+
+def _verify(tree, meta: dict) -> None:
+  expected = meta.get('checksums')
+  if not expected:
+    return  # Written before checksums existed.
+  got = checksums(tree)
+  wrong = [k for k, v in got.items() if expected.get(k) != v]
+  if wrong:
+    raise Corrupt(f'checksum mismatch in {len(wrong)} array(s): {", ".join(wrong[:4])}{" ..." if len(wrong) > 4 else ""}')
+
+
+def _check_structure(meta: dict, target, where: str, config=None) -> None:
+  """A saved tree that differs from the target in arrays or shapes is a changed setup, not damage."""
+  saved = meta.get('structure')
+  if not saved:
+    return
+  wanted = structure(target)
+  missing = sorted(set(wanted) - set(saved))
+  if any(saved.get(k) != v for k, v in wanted.items() if k in saved) or missing:
+    changed = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
+    fields = _config_diff(meta.get('config') or {}, config)
+    raise UserError(
+        f'The checkpoint in {where} holds a differently shaped state than this config builds (a changed optimizer '
+        f'or model option): {len(missing)} array(s) missing, e.g. {missing[:3]}; {len(changed)} with other '
+        f'shapes, e.g. {changed[:3]}.' + (f'\nConfig fields that differ from the checkpoint\'s:\n{fields}' if fields
+                                          else '') + '\nRestore those settings to continue this run, or use another '
+        '--workdir for the new ones.')
+
+
+def _config_diff(saved: dict, config, prefix: str = '') -> str:
+  if config is None:
+    return ''
+  now = json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') else config
+  lines = []
+  for k in sorted(set(saved) | set(now)):
+    a, b = saved.get(k), now.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      sub = _config_diff(a, b, f'{prefix}{k}.')
+      lines += [sub] if sub else []
+    elif a != b and k not in ('num_epochs',):
+      lines.append(f'  {prefix}{k}: checkpoint {a!r} vs now {b!r}')
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- managers
 
 class Checkpointer:
   """The `latest` manager (resume) and the `best` manager (evaluation), under WORKDIR/checkpoints."""
 
-  def __init__(self, workdir: str, keep: int = 3):
-    root = Path(workdir).absolute() / 'checkpoints'
+  def __init__(self, workdir: str | Path, keep: int = 3, create: bool = True):
+    self.root = Path(workdir).absolute() / 'checkpoints'
     # Distinct barrier names: both managers may save the same step at once from several processes.
-    opts = lambda name: dict(create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
+    opts = lambda name: dict(create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create,
                              multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
-    self.latest = ocp.CheckpointManager(root / 'latest', options=ocp.CheckpointManagerOptions(
+    self.latest = ocp.CheckpointManager(self.root / 'latest', options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, **opts('latest')))
-    self.best = ocp.CheckpointManager(root / 'best', options=ocp.CheckpointManagerOptions(
+    self.best = ocp.CheckpointManager(self.root / 'best', options=ocp.CheckpointManagerOptions(
         max_to_keep=1, **opts('best')))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()  # Also waits for a save in flight, so an error never leaves one half-written.
 
   def save(self, step: int, tree, meta: dict, best: bool = False) -> None:
     """Save `step` to `latest` (asynchronously) and, when it is the best so far, first to `best`.
 
-    The best checkpoint is written and finalised before `latest` moves past it, so a run killed at any
-    moment never resumes from a step whose better validation score is missing from `best`.
+    Parameters are checked finite and every array checksummed first. The best checkpoint is written and
+    finalised before `latest` moves past it, so a run killed at any moment never resumes from a step whose
+    better validation score is missing from `best`.
     """
+    meta = dict(meta, structure=structure(tree), checksums=checksums(tree, check_finite=True))
     args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
     if best and step not in self.best.all_steps():
       self.best.save(step, args=args)
@@ -75,86 +188,157 @@ class Checkpointer:
     self.latest.close()
     self.best.close()
 
-  def restore(self, abstract_tree, which: str = 'latest', fingerprint: dict | None = None):
-    """(tree, meta) of the newest checkpoint that restores, or None when there is none."""
-    return restore_newest(getattr(self, which), abstract_tree, fingerprint)
+  def restore(self, target, which: str = 'latest', fingerprint: dict | None = None, config=None):
+    """(tree, meta) of the newest good checkpoint in `which`, or None when it has none; see the module doc."""
+    if which == 'best':
+      return restore_best(self.best, self.latest, target, fingerprint, config)
+    return restore_newest(self.latest, target, fingerprint, config)
+
+  def set_aside(self, step: int, reason: str) -> None:
+    """Move latest/<step> out of the way (after a non-finite loss: the next run resumes from the one before)."""
+    if step in self.latest.all_steps():
+      _set_aside(self.latest, [step], reason)
 
 
-def restore_newest(manager: ocp.CheckpointManager, abstract_tree, fingerprint: dict | None = None):
-  """Try the manager's checkpoints newest first; report each that fails and fall back to the one before.
+def _restore_args(target, partial: bool):
+  if partial:
+    return ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+  return ocp.args.StandardRestore(target)
 
-  Checkpoints that fail are moved to WORKDIR/checkpoints/corrupt/ (kept for inspection, out of the way of the
-  run that resumes). None when the manager has no checkpoint; an error when it has some and none restores.
+
+def read_step_meta(manager: ocp.CheckpointManager, step: int) -> dict | None:
+  try:
+    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+  except Exception:  # Unreadable metadata: the checkpoint is damaged.
+    return None
+
+
+def restore_step(manager, step: int, target, fingerprint=None, config=None, partial: bool = False):
+  """(tree, meta) of one checkpoint, checked as the module doc says; raises Corrupt when its data is bad."""
+  where = str(Path(manager.directory).parent)
+  meta = read_step_meta(manager, step)
+  if meta is None:
+    raise Corrupt('its metadata is unreadable')
+  if fingerprint is not None:
+    check_compatible(meta['fingerprint'], fingerprint, where)
+  _check_structure(meta, target, where, config)
+  try:
+    out = manager.restore(step, args=ocp.args.Composite(state=_restore_args(target, partial),
+                                                        meta=ocp.args.JsonRestore()))
+  except Exception as e:  # A truncated or corrupt checkpoint raises many kinds of errors.
+    raise Corrupt(f'{type(e).__name__}: {str(e)[:300]}') from e
+  _verify(out['state'], meta)
+  return out['state'], meta
+
+
+def restore_newest(manager, target, fingerprint=None, config=None, partial: bool = False, set_aside: bool = True):
+  """Try the manager's checkpoints newest first; report each that is damaged and fall back to the one before.
+
+  Damaged checkpoints are moved to WORKDIR/checkpoints/corrupt/ (kept for inspection, out of the way of the
+  run that resumes). None when the manager has no checkpoint; an error when it has some and none is good.
   """
   failed = []
   for step in sorted(manager.all_steps(), reverse=True):
-    if fingerprint is not None:  # A checkpoint of another setup is refused, not mistaken for a corrupt one.
-      try:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-      except Exception:
-        meta = None  # Unreadable metadata: the full restore below reports it.
-      if meta is not None:
-        check_compatible(meta['fingerprint'], fingerprint, str(Path(manager.directory).parent))
     try:
-      out = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_tree), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # A truncated or corrupt checkpoint raises many kinds of errors.
-      logging.error('Checkpoint %s/%d could not be restored (%s: %s); trying the one before.', manager.directory,
-                    step, type(e).__name__, str(e)[:300])
+      out = restore_step(manager, step, target, fingerprint, config, partial)
+    except Corrupt as e:
+      logging.error('Checkpoint %s/%d is damaged (%s); trying the one before.', manager.directory, step, e)
       failed.append(step)
       continue
-    if failed:
-      _set_aside(manager, failed)
-    return out['state'], dict(out['meta'])
+    if failed and set_aside:
+      _set_aside(manager, failed, 'damaged')
+    return out
   if failed:
-    raise RuntimeError(f'None of the checkpoints {sorted(failed)} in {manager.directory} could be restored (see '
-                       'the errors above). Move that directory aside to start the run again from scratch.')
+    if set_aside:
+      _set_aside(manager, failed, 'damaged')
+    raise UserError(f'Every checkpoint in {manager.directory} ({", ".join(map(str, sorted(failed)))}) is damaged '
+                    '(see above; they were moved to checkpoints/corrupt/). Rerun to start this run again from '
+                    'scratch, or restore the workdir from a backup.')
   return None
 
 
-def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+def restore_best(best, latest, target, fingerprint=None, config=None, partial: bool = False, set_aside: bool = True):
+  """The best checkpoint, or, when it is damaged, the same step's copy in `latest`. None when there is none."""
+  steps = sorted(best.all_steps(), reverse=True)
+  if not steps:
+    return None
+  step = steps[0]
+  try:
+    return restore_step(best, step, target, fingerprint, config, partial)
+  except Corrupt as e:
+    logging.error('Best checkpoint %s/%d is damaged (%s).', best.directory, step, e)
+    if set_aside:
+      _set_aside(best, [step], 'damaged')
+  if latest is not None and step in latest.all_steps():
+    try:
+      out = restore_step(latest, step, target, fingerprint, config, partial)
+      logging.warning('Using its copy %s/%d instead.', latest.directory, step)
+      return out
+    except Corrupt as e:
+      logging.error('Its copy %s/%d is damaged too (%s).', latest.directory, step, e)
+  raise UserError(f'The best checkpoint {best.directory}/{step} is damaged and {Path(best.directory).parent}/latest '
+                  f'holds no good copy of step {step}. Use --checkpoint=latest, or retrain.')
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int], reason: str) -> None:
   directory = Path(manager.directory)
   if jax.process_index() == 0:
     corrupt = directory.parent / 'corrupt'
-    corrupt.mkdir(exist_ok=True)
     for step in steps:
       target = corrupt / f'{directory.name}_{step}'
-      os.replace(directory / str(step), target)
-      logging.warning('Moved the unrestorable checkpoint %s/%d to %s.', directory, step, target)
+      try:
+        corrupt.mkdir(exist_ok=True)
+        if target.exists():
+          target = corrupt / f'{directory.name}_{step}.{os.getpid()}'
+        os.replace(directory / str(step), target)
+        (corrupt / f'{target.name}.why').write_text(reason + '\n')
+        logging.warning('Moved checkpoint %s/%d (%s) to %s.', directory, step, reason, target)
+      except OSError as e:  # A read-only workdir (evaluation): report, leave it.
+        logging.warning('Could not move checkpoint %s/%d (%s) aside: %s.', directory, step, reason, e)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices('corrupt checkpoints set aside')
+    multihost_utils.sync_global_devices('checkpoints set aside')
   manager.reload()
 
+
+def open_managers(workdir: str | Path) -> Checkpointer:
+  """Read-only access to a run's checkpoints (evaluation, prediction)."""
+  return Checkpointer(workdir, create=False)
+
+
+def read_meta(directory: str | Path) -> dict | None:
+  """The metadata of the newest checkpoint in `directory` whose metadata reads (no arrays restored), or None."""
+  manager = ocp.CheckpointManager(Path(directory).absolute(), options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      meta = read_step_meta(manager, step)
+      if meta is not None:
+        return meta
+      logging.error('Metadata of checkpoint %s/%d unreadable.', directory, step)
+    return None
+  finally:
+    manager.close()
+
+
+# ----------------------------------------------------------------------------------------------- workdir
 
 _fault_counts: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
-  """Fault-injection hook for tests: with ANATOMY_JAX_KILL_AT=NAME:N this process SIGKILLs itself the Nth time
-  it passes the point NAME ('save': just after a checkpoint save started; 'step': after a training step)."""
+  """Fault-injection hook for tests. ANATOMY_JAX_KILL_AT=NAME:N[:SIGNAL] sends this process SIGNAL (default
+  KILL; also INT, TERM) the Nth time it passes the point NAME ('save': just after a checkpoint save started;
+  'step': after a training step)."""
   spec = os.environ.get('ANATOMY_JAX_KILL_AT')
   if not spec:
     return
-  target, _, count = spec.partition(':')
+  target, _, rest = spec.partition(':')
+  count, _, sig = rest.partition(':')
   if target == name:
     _fault_counts[name] = _fault_counts.get(name, 0) + 1
     if _fault_counts[name] == int(count):
-      os.kill(os.getpid(), signal.SIGKILL)
-
-
-def read_meta(directory: str | Path) -> dict | None:
-  """The metadata of the newest readable checkpoint in `directory` (no arrays restored), or None."""
-  manager = ocp.CheckpointManager(Path(directory).absolute(), options=ocp.CheckpointManagerOptions(create=False))
-  try:
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
-      except Exception as e:
-        logging.error('Metadata of checkpoint %s/%d unreadable (%s).', directory, step, e)
-    return None
-  finally:
-    manager.close()
+      os.kill(os.getpid(), getattr(signal, f'SIG{sig or "KILL"}'))
 
 
 class WorkdirLock:
@@ -174,8 +358,8 @@ class WorkdirLock:
       self._file.seek(0)
       holder = self._file.read().strip()
       self._file.close()
-      raise RuntimeError(f'{self.path.parent} is in use by another run ({holder or "pid unknown"}). Wait for it '
-                         'to finish or stop it, or choose another --workdir.') from None
+      raise UserError(f'{self.path.parent} is in use by another run ({holder or "pid unknown"}). Wait for it '
+                      'to finish or stop it, or choose another --workdir.') from None
     self._file.seek(0)
     self._file.truncate()
     self._file.write(f'pid {os.getpid()}\n')
@@ -188,14 +372,14 @@ class WorkdirLock:
       self._file.close()
 
 
-def check_writable(workdir: str) -> None:
-  """Fail before any training when the workdir can't be created or written."""
-  path = Path(workdir)
+def check_writable(directory: str | Path, what: str = 'workdir', flag: str = '--workdir') -> None:
+  """Fail before any work when a directory can't be created or written."""
+  path = Path(directory)
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f'.write_test.{os.getpid()}'
     probe.write_text('ok')
     probe.unlink()
   except OSError as e:
-    raise PermissionError(f'The workdir {workdir} cannot be written ({e.strerror or e}). Choose a --workdir you '
-                          'can write to.') from e
+    raise UserError(f'The {what} {directory} cannot be written ({e.strerror or e}). Choose a {flag} you can write '
+                    'to.') from e

@@ -1,17 +1,152 @@
-"""What every command-line entry point shares."""
+"""What every command-line program shares: flag parsing with one-line errors, --help, quiet logs, exit codes.
+
+  cli.run(main, __doc__)      instead of absl's app.run(main)
+
+- `--help` (or -h) prints the program's docstring, its flags and, for programs with --config, the config files
+  and their variants, then exits 0.
+- A bad flag, a missing config file, an unknown config field or variant: one line `error: ...`, exit status 2.
+- A `UserError` (bad input, data, config or environment) or an OSError (a disk full, a path unreadable): one
+  line `error: ...`, exit status 1. Anything else is a bug: its traceback is shown, exit status 1.
+- SIGINT/SIGTERM during training save a checkpoint first (`errors.Interrupted`): one line, exit 128 + signal.
+  Ctrl-C elsewhere: one line, exit 130.
+- Logs: our own lines and the libraries' warnings; `--verbosity=1` (or -v 1) brings the libraries' INFO lines back.
+"""
 
 import logging as std_logging
+import os
+import sys
+import threading
+import warnings
 
-from absl import logging
+from absl import app, flags, logging
+
+from anatomy_jax import settings
+from anatomy_jax.errors import Interrupted, UserError  # noqa: F401  (UserError: for the programs)
+
+FLAGS = flags.FLAGS
+USAGE_ERROR = 2
+
+# Library messages that say nothing a user can act on (matched against the start of the message).
+_NOISE = ('Using custom data configuration', 'Unable to initialize backend', 'Load dataset info from',
+          'Reusing dataset', 'Constructing tf.data.Dataset', 'Fields info.', 'Generating split',
+          'Done writing', 'Creating a tf.data.Dataset', 'Skipping the shuffling',
+          # Orbax's reads of a damaged checkpoint, failing again in the background after we reported it:
+          'Future exception was never retrieved', 'Task exception was never retrieved')
+_LIBRARIES = ('/orbax/', '/matplotlib/', '/etils/', '/tensorflow_datasets/', '/jax/', '/jaxlib/', '/flax/',
+              '/array_record/', '/absl/')
 
 
-def quiet_libraries() -> None:
-  """Keep the log to our own lines: Orbax, TFDS and matplotlib log every file they touch at INFO."""
-  noisy = ('/orbax/', '/matplotlib/', '/etils/', '/tensorflow_datasets/')
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or not any(n in r.pathname for n in noisy))
+def quiet_libraries(verbose: bool = False) -> None:
+  """Keep the log to our own lines and the libraries' warnings (all of it when `verbose`)."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+  def keep(record) -> bool:
+    if verbose:
+      return True
+    message = record.getMessage() if record.args else str(record.msg)
+    if message.startswith(_NOISE):
+      return False
+    return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in _LIBRARIES)
+
+  logging.get_absl_handler().addFilter(keep)
+  if not verbose:
+    _quiet_background_errors()
+  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING if not verbose else std_logging.INFO)
+  warnings.filterwarnings('ignore', category=DeprecationWarning)
   try:
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
   except ImportError:
     pass
+
+
+def _is_library_echo(exc: BaseException | None, where: object = None) -> bool:
+  """Errors that Orbax's and TensorStore's background work raises after a checkpoint failed to load (its
+  asyncio loop already closed, its read coroutines dropped): echoes of an error we report ourselves."""
+  if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+    return True
+  return '/orbax/' in str(getattr(getattr(where, 'cr_code', None), 'co_filename', ''))
+
+
+def _quiet_background_errors() -> None:
+  excepthook, thread_hook, unraisable = sys.excepthook, threading.excepthook, sys.unraisablehook
+
+  def on_exception(kind, exc, tb):
+    if _is_library_echo(exc):
+      logging.debug('Library background error: %s', exc)
+    else:
+      excepthook(kind, exc, tb)
+
+  def on_thread_exception(args):
+    if not _is_library_echo(args.exc_value):
+      thread_hook(args)
+
+  def on_unraisable(u):
+    if not _is_library_echo(u.exc_value, u.object):
+      unraisable(u)
+
+  sys.excepthook, threading.excepthook, sys.unraisablehook = on_exception, on_thread_exception, on_unraisable
+
+
+def _help_text(doc: str, argv0: str) -> str:
+  own = [f for f in FLAGS.get_key_flags_for_module(sys.modules['__main__'])] if '__main__' in sys.modules else []
+  lines = [doc.strip(), '', 'Flags:']
+  for flag in sorted(own, key=lambda f: f.name):
+    default = '' if flag.default in (None, '', []) else f' (default: {flag.default_as_str})'
+    lines.append(f'  --{flag.name}: {flag.help}{default}')
+  lines.append('  --verbosity=1: also show the libraries\' INFO logs')
+  if 'config' in FLAGS:
+    lines += ['', 'Configs (--config=FILE, or FILE:VARIANT):']
+    lines += [f'  {path:24} {about}' for path, about in settings.available_configs()]
+    settings.make_importable(str(settings.CONFIGS / 'default.py'))
+    from configs import default
+    lines += ['Variants (any config):'] + [f'  :{name:23} {about}' for name, about in default.VARIANTS.items()]
+    lines += ['Fields: every config field, with a one-line comment, is in configs/default.py; override any with',
+              '  --config.FIELD=VALUE (e.g. --config.num_epochs=3, --config.folder.image_size=64).']
+  return '\n'.join(lines)
+
+
+def _parser(doc: str):
+  def parse(argv):
+    if any(a in ('--help', '-h', '-?', '--helpshort', '--helpfull') for a in argv[1:]):
+      print(_help_text(doc, argv[0]))
+      sys.exit(0)
+    for a in argv:
+      if a.startswith('--config='):
+        settings.make_importable(a.split('=', 1)[1])
+    try:
+      rest = FLAGS(argv)
+      if 'config' in FLAGS and FLAGS['config'].present:
+        FLAGS.config.keys()  # A config file that failed to load raises on first use, not at parse time.
+      return rest
+    except Exception as e:  # absl and ml_collections raise several kinds; all are about the command line.
+      message = settings.explain_flag_error(e, argv)
+      required = next((f for f in ('workdir', 'config', 'outdir') if f'--{f} must have a value' in message), None)
+      if required:
+        message = f'--{required} is required.'
+      print(f'error: {message}\nRun with --help for the flags and configs.', file=sys.stderr)
+      sys.exit(USAGE_ERROR)
+  return parse
+
+
+def run(main, doc: str) -> None:
+  """Run `main(argv)` as a program with the behaviour the module docstring describes."""
+  def wrapped(argv):
+    quiet_libraries(verbose=FLAGS['verbosity'].present and FLAGS.verbosity > 0)
+    try:
+      return main(argv)
+    except Interrupted as e:
+      _exit(str(e), e.exit_code)
+    except KeyboardInterrupt:
+      _exit('interrupted (Ctrl-C); nothing was saved after the last checkpoint.', 130)
+    except (UserError, OSError) as e:
+      logging.debug('Traceback:', exc_info=True)
+      _exit(f'error: {e}', 1)
+  app.run(wrapped, flags_parser=_parser(doc))
+
+
+def _exit(message: str, code: int) -> None:
+  std_logging.shutdown()
+  sys.stderr.flush()
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(code)

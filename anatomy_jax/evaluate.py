@@ -1,22 +1,29 @@
 """Evaluate a trained run's checkpoint on a split of its dataset, or on a folder of labelled images.
 
   python -m anatomy_jax.evaluate --workdir=DIR [--split=test] [--checkpoint=best] [--folder=PATH]
+      [--output_dir=DIR] [--tta]
 
-Writes DIR/eval_<split>.json (accuracy with a 95% Wilson interval, loss, per-class precision/recall/F1/AUC,
-macro-F1, macro one-vs-rest ROC AUC, confusion matrix; GoogLeNet: each auxiliary head's accuracy too) and the
-confusion matrix as DIR/confusion_<split>.csv and .png. With --folder, PATH is read as a folder dataset
-(class folder names must be among the run's classes) and the outputs are named eval_<folder>_<split>.
+Writes eval_<split>.json (accuracy with a 95% Wilson interval, loss, per-class precision/recall/F1/AUC,
+macro-F1, macro one-vs-rest ROC AUC, confusion matrix; for networks with auxiliary heads, each head's accuracy
+too) and the confusion matrix as confusion_<split>.csv and .png, into --output_dir (default: the workdir).
+With --folder, PATH is read as a folder dataset (class folder names must be among the run's classes) and the
+outputs are named eval_<folder>_<split>.
+
+When the dataset knows each image's case (a folder built with group_by, group_csv or group_regex), the report
+also gives the accuracy per case: each case's answer is the class most of its images get. With --tta, the
+report also holds (under `tta`) the figures for probabilities averaged over the centre and corner crops and
+their mirror images, beside the plain ones.
 """
 
+import io
 import csv
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from anatomy_jax import cli, datasets, inference, metrics
+from anatomy_jax import checkpoints, cli, datasets, files, inference, metrics, plots
+from anatomy_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +36,8 @@ def define_flags():
   flags.DEFINE_string('folder', '', 'Evaluate on this folder of class folders instead of the run\'s dataset.')
   flags.DEFINE_string('data_dir', None, 'Override the run\'s data_dir (where TFDS keeps prepared datasets).')
   flags.DEFINE_string('manual_dir', None, 'Override the run\'s manual_dir (where the source data is).')
+  flags.DEFINE_string('output_dir', '', 'Where the reports go (default: the workdir).')
+  flags.DEFINE_bool('tta', False, 'Also report test-time augmentation (crops and mirror images averaged).')
 
 
 def dataset_for(run: inference.Run, folder: str = '', data_dir: str | None = None, manual_dir: str | None = None):
@@ -44,72 +53,91 @@ def dataset_for(run: inference.Run, folder: str = '', data_dir: str | None = Non
   data = datasets.load_dataset(config)
   unknown = [c for c in data.class_names if c not in run.class_names]
   if unknown:
-    raise ValueError(f'Class(es) {unknown} of {config.manual_dir} are not among the model\'s classes '
+    raise UserError(f'Class(es) {unknown} of {config.manual_dir} are not among the model\'s classes '
                      f'{run.class_names}.')
   mapping = np.array([run.class_names.index(c) for c in data.class_names], np.int32)
   if data.image_shape != run.image_shape:
-    raise ValueError(f'The dataset stores images as {data.image_shape}, the run was trained on {run.image_shape}.')
+    raise UserError(f'The dataset stores images as {data.image_shape}, the run was trained on {run.image_shape}.')
   return data, mapping
 
 
-def evaluate(run: inference.Run, images: np.ndarray, labels: np.ndarray) -> dict:
-  """The full report for every head of the network."""
+def evaluate(run: inference.Run, images: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
+             tta: bool = False) -> dict:
+  """The full report for every head of the network; per case when `groups` name each image's case; and, with
+  `tta`, the same for test-time augmentation under 'tta'."""
   outs = run.predict(images)
   report = metrics.classification_report(outs['logits'], labels, run.class_names)
-  for head in ('loss1', 'loss2'):
-    if head in outs:
-      report[f'{head}_accuracy'] = float((outs[head].argmax(-1) == labels).mean())
+  for head, logits in outs.items():
+    if head != 'logits':
+      report[f'{head}_accuracy'] = float((logits.argmax(-1) == labels).mean())
+  known = groups is not None and len(groups) and all(groups)
+  if known:
+    report['per_case'] = metrics.case_report(metrics.softmax(outs['logits']), labels, groups)
+  if tta:
+    probs = run.predict_tta(images)
+    report['tta'] = metrics.classification_report(np.log(np.maximum(probs, 1e-30)), labels, run.class_names)
+    if known:
+      report['tta']['per_case'] = metrics.case_report(probs, labels, groups)
   return report
 
 
 def write_outputs(report: dict, class_names: list[str], out_dir: Path, name: str) -> dict[str, Path]:
-  from anatomy_jax.experiments import plots
   paths = {'json': out_dir / f'eval_{name}.json', 'csv': out_dir / f'confusion_{name}.csv',
            'png': out_dir / f'confusion_{name}.png'}
-  paths['json'].write_text(json.dumps(report, indent=2) + '\n')
-  with open(paths['csv'], 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow(['true \\ predicted'] + class_names)
-    for name_, row in zip(class_names, report['confusion_matrix']):
-      w.writerow([name_] + row)
+  files.write_json(paths['json'], report)
+  text = io.StringIO()
+  w = csv.writer(text)
+  w.writerow(['true \\ predicted'] + class_names)
+  for name_, row in zip(class_names, report['confusion_matrix']):
+    w.writerow([name_] + row)
+  files.write_text(paths['csv'], text.getvalue())
   plots.confusion_matrix(np.array(report['confusion_matrix']), class_names, paths['png'],
                          title=f'{name}: accuracy {100 * report["accuracy"]:.2f}%')
   return paths
 
 
-def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir=None, manual_dir=None) -> dict:
+def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir=None, manual_dir=None,
+                   output_dir='', tta: bool = False) -> dict:
+  out_dir = Path(output_dir or workdir)
+  checkpoints.check_writable(out_dir, 'output directory', '--output_dir')
   run = inference.load_run(workdir, checkpoint)
   data, mapping = dataset_for(run, folder, data_dir, manual_dir)
   names = list(data.splits) if split == 'all' else [split]
   images = np.concatenate([data.splits[s].images for s in names])
   labels = mapping[np.concatenate([data.splits[s].labels for s in names])]
-  report = evaluate(run, images, labels)
+  groups = np.concatenate([data.groups[s] for s in names]) if data.groups else None
+  report = evaluate(run, images, labels, groups, tta)
   report.update({'split': split, 'checkpoint': checkpoint, 'step': run.step, 'model': run.config.model,
                  'dataset': folder or data.name})
   name = f'{Path(folder).name}_{split}' if folder else split
-  paths = write_outputs(report, run.class_names, Path(workdir), name)
+  paths = write_outputs(report, run.class_names, out_dir, name)
   lo, hi = report['accuracy_ci95']
   print(f'{run.config.model} step {run.step} on {report["dataset"]}/{split} ({report["num_examples"]} images): '
         f'accuracy {100 * report["accuracy"]:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}), loss '
         f'{report["loss"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, macro AUC {report["macro_auc"]:.4f}')
-  for head in ('loss1', 'loss2'):
-    if f'{head}_accuracy' in report:
-      print(f'  {head} head accuracy {100 * report[f"{head}_accuracy"]:.2f}%')
+  for key, value in report.items():
+    if key.endswith('_accuracy') and key != 'accuracy':
+      print(f'  {key[:-len("_accuracy")]} head accuracy {100 * value:.2f}%')
+  for name, part in (('', report), ('with test-time augmentation: ', report.get('tta'))):
+    if part and name:
+      lo, hi = part['accuracy_ci95']
+      print(f'  {name}accuracy {100 * part["accuracy"]:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f})')
+    if part and 'per_case' in part:
+      c = part['per_case']
+      print(f'  {name}per case ({c["num_cases"]} cases, majority vote): accuracy {100 * c["accuracy"]:.2f}% '
+            f'(95% CI {100 * c["accuracy_ci95"][0]:.2f}-{100 * c["accuracy_ci95"][1]:.2f})')
   print(f'Wrote {paths["json"]}, {paths["csv"]}, {paths["png"]}')
   return report
 
 
 def main(argv):
-  cli.quiet_libraries()
-  del argv
-  try:
-    run_evaluation(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.folder, FLAGS.data_dir, FLAGS.manual_dir)
-  except (ValueError, FileNotFoundError) as e:
-    logging.debug('Traceback:', exc_info=True)
-    sys.exit(f'error: {e}')
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments {argv[1:]}; see --help.')
+  run_evaluation(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.folder, FLAGS.data_dir, FLAGS.manual_dir,
+                 FLAGS.output_dir, FLAGS.tta)
 
 
 if __name__ == '__main__':
   define_flags()
   flags.mark_flag_as_required('workdir')
-  app.run(main)
+  cli.run(main, __doc__)

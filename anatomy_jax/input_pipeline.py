@@ -16,22 +16,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anatomy_jax.datasets import Split
+from anatomy_jax.datasets import Dataset, Split
+from anatomy_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-  """DIGITS' transform: resize to `image_size`, subtract the mean, crop `crop_size`, mirror, scale."""
+  """DIGITS' transform: resize to `image_size`, subtract the mean, crop `crop_size`, mirror, scale; in training
+  optionally also random resized crops, rotations, and brightness and contrast changes (small datasets)."""
   image_size: int
   crop_size: int
   mirror: bool
   scale: float
+  resized_crop: float = 0.0  # Smallest crop area fraction; 0: plain random crops.
+  rotation: float = 0.0  # Degrees either way.
+  brightness: float = 0.0  # Fraction of the pixel range (0-255) either way.
+  contrast: float = 0.0  # Factor in [1 - contrast, 1 + contrast].
 
   @classmethod
   def from_config(cls, config):
     if config.crop_size > config.image_size:
-      raise ValueError(f'crop_size {config.crop_size} is larger than image_size {config.image_size}.')
-    return cls(config.image_size, config.crop_size, bool(config.mirror), float(config.scale))
+      raise UserError(f'crop_size {config.crop_size} is larger than image_size {config.image_size}.')
+    a = config.get('augment') or {}
+    return cls(config.image_size, config.crop_size, bool(config.mirror), float(config.scale),
+               float(a.get('resized_crop', 0.0)), float(a.get('rotation', 0.0)), float(a.get('brightness', 0.0)),
+               float(a.get('contrast', 0.0)))
 
   def resize(self, images: jax.Array) -> jax.Array:
     """uint8 or float NHWC images to float32 at image_size x image_size (bilinear, antialiased when shrinking)."""
@@ -41,22 +50,71 @@ class Preprocess:
     return x
 
   def __call__(self, images: jax.Array, mean: jax.Array, keys: jax.Array | None) -> jax.Array:
-    """Preprocess a batch. `keys` (one per example) give random crops and flips; None: centre crop, no flip."""
+    """Preprocess a batch. `keys` (one per example) give the random crops, flips and other augmentations;
+    None: centre crop, nothing random (evaluation)."""
     x = (self.resize(images) - mean) * self.scale
     margin = self.image_size - self.crop_size
     if keys is None:
-      offset = margin // 2
-      return x[:, offset:offset + self.crop_size, offset:offset + self.crop_size]
+      return centre_crop(x, self.crop_size)
 
     def augment(image, key):
       k_crop, k_flip = jax.random.split(key)
-      dy, dx = jax.random.randint(k_crop, (2,), 0, margin + 1)
-      image = jax.lax.dynamic_slice(image, (dy, dx, 0), (self.crop_size, self.crop_size, image.shape[-1]))
+      if self.resized_crop or self.rotation:
+        image = self.warp(image, jax.random.fold_in(key, 2))
+      else:
+        dy, dx = jax.random.randint(k_crop, (2,), 0, margin + 1)
+        image = jax.lax.dynamic_slice(image, (dy, dx, 0), (self.crop_size, self.crop_size, image.shape[-1]))
+      if self.brightness or self.contrast:
+        image = self.photometric(image, jax.random.fold_in(key, 3))
       if self.mirror:
         image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
       return image
 
     return jax.vmap(augment)(x, keys)
+
+  def warp(self, image: jax.Array, key: jax.Array) -> jax.Array:
+    """A random crop of `resized_crop` to 100% of the image area (aspect 3:4 to 4:3), rotated by up to
+    `rotation` degrees, resampled bilinearly to crop_size; outside the image: 0 (the mean, after subtraction)."""
+    k_area, k_aspect, k_centre, k_angle = jax.random.split(key, 4)
+    size, out = self.image_size, self.crop_size
+    if self.resized_crop:
+      area = jax.random.uniform(k_area, (), minval=self.resized_crop, maxval=1.0)
+      aspect = jnp.exp(jax.random.uniform(k_aspect, (), minval=jnp.log(3 / 4), maxval=jnp.log(4 / 3)))
+      height = jnp.minimum(size * jnp.sqrt(area / aspect), size)
+      width = jnp.minimum(size * jnp.sqrt(area * aspect), size)
+    else:
+      height = width = jnp.asarray(float(out))
+    low = jnp.stack([height, width]) / 2
+    centre = low + jax.random.uniform(k_centre, (2,)) * (size - 2 * low)
+    angle = jnp.deg2rad(jax.random.uniform(k_angle, (), minval=-self.rotation, maxval=self.rotation))
+    grid = (jnp.arange(out, dtype=jnp.float32) - (out - 1) / 2) / out
+    v, u = jnp.meshgrid(grid * height, grid * width, indexing='ij')
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    rows = centre[0] - 0.5 + cos * v - sin * u
+    cols = centre[1] - 0.5 + sin * v + cos * u
+    sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [rows, cols], order=1, mode='constant')
+    return jnp.stack([sample(image[..., c]) for c in range(image.shape[-1])], axis=-1)
+
+  def photometric(self, image: jax.Array, key: jax.Array) -> jax.Array:
+    """Contrast about the image's own mean, then a brightness shift (in the scaled pixel units)."""
+    k_contrast, k_brightness = jax.random.split(key)
+    factor = jax.random.uniform(k_contrast, (), minval=1 - self.contrast, maxval=1 + self.contrast)
+    shift = jax.random.uniform(k_brightness, (), minval=-self.brightness, maxval=self.brightness) * 255 * self.scale
+    centre = jnp.mean(image)
+    return (image - centre) * factor + centre + shift
+
+  def views(self, images: jax.Array, mean: jax.Array) -> list[jax.Array]:
+    """Test-time augmentation: the centre crop, the four corner crops when the image is larger than the crop,
+    and each mirrored when training mirrors."""
+    x = (self.resize(images) - mean) * self.scale
+    c, m = self.crop_size, self.image_size - self.crop_size
+    crops = [centre_crop(x, c)] + ([x[:, a:a + c, b:b + c] for a, b in ((0, 0), (0, m), (m, 0), (m, m))] if m else [])
+    return crops + ([v[:, :, ::-1] for v in crops] if self.mirror else [])
+
+
+def centre_crop(x: jax.Array, size: int) -> jax.Array:
+  offset = (x.shape[1] - size) // 2
+  return x[:, offset:offset + size, offset:offset + size]
 
 
 def mean_image(images: np.ndarray, mode: str, preprocess: Preprocess, batch: int = 2048) -> np.ndarray:
@@ -75,14 +133,14 @@ def mean_image(images: np.ndarray, mode: str, preprocess: Preprocess, batch: int
   if mode == 'pixel':
     return np.broadcast_to(mean.mean(axis=(0, 1)), mean.shape).astype(np.float32)
   if mode != 'image':
-    raise ValueError(f"mean_subtraction must be 'image', 'pixel' or 'none', got {mode!r}.")
+    raise UserError(f"mean_subtraction must be 'image', 'pixel' or 'none', got {mode!r}.")
   return mean
 
 
 def subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
   """Indices of a stratified `fraction` of the examples (at least one per class), fixed by `seed`."""
   if not 0 < fraction <= 1:
-    raise ValueError(f'train_fraction must be in (0, 1], got {fraction}.')
+    raise UserError(f'train_fraction must be in (0, 1], got {fraction}.')
   if fraction == 1:
     return np.arange(len(labels))
   rng = np.random.default_rng([seed, 1])
@@ -93,11 +151,30 @@ def subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
   return np.sort(np.concatenate(keep))
 
 
+def training_splits(dataset: Dataset, fraction: float, seed: int) -> dict[str, Split]:
+  """The splits a run uses: a stratified `fraction` of the training split (fixed by `seed`), and the full
+  validation and test splits."""
+  full = dataset.splits['train']
+  keep = subset(full.labels, fraction, seed)
+  return {'train': Split(full.images[keep], full.labels[keep]), 'validation': dataset.splits['validation'],
+          'test': dataset.splits['test']}
+
+
+def fits_on_device(mode: str, splits: dict[str, Split]) -> bool:
+  """Whether to keep the images on the accelerator: `mode` 'yes'/'no', or 'auto': when they take under a quarter
+  of its memory (CPUs report no limit: 8 GiB is assumed, to leave host memory alone)."""
+  if mode != 'auto':
+    return mode == 'yes'
+  nbytes = sum(s.images.nbytes for s in splits.values())
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return nbytes < stats.get('bytes_limit', 8 << 30) // 4
+
+
 def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
   """(steps, batch_size) example indices for one epoch: a fresh permutation, the remainder dropped."""
   steps = num_examples // batch_size
   if steps == 0:
-    raise ValueError(f'The training split has {num_examples} examples, fewer than one batch of {batch_size}. '
+    raise UserError(f'The training split has {num_examples} examples, fewer than one batch of {batch_size}. '
                      'Lower --config.batch_size.')
   order = np.random.default_rng([seed, 2, epoch]).permutation(num_examples)
   return order[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)

@@ -85,3 +85,20 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
                     for c, name in enumerate(class_names)},
       'confusion_matrix': cm.tolist(),
   }
+
+
+def case_report(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict:
+  """Accuracy per case (patient, study): each case's answer is the class most of its images are given (ties:
+  the highest summed probability), its truth the class most of its images have. With a 95% Wilson interval
+  over cases, the number of cases, and how many cases hold images of more than one class."""
+  preds = probs.argmax(axis=-1)
+  correct, mixed, cases = 0, 0, sorted(set(groups.tolist()))
+  for case in cases:
+    members = groups == case
+    votes = np.bincount(preds[members], minlength=probs.shape[-1]).astype(np.float64)
+    votes += 1e-6 * probs[members].sum(axis=0) / max(members.sum(), 1)  # Breaks ties, never outvotes an image.
+    truth = np.bincount(labels[members], minlength=probs.shape[-1])
+    mixed += int((truth > 0).sum() > 1)
+    correct += int(votes.argmax() == truth.argmax())
+  return {'num_cases': len(cases), 'accuracy': correct / max(len(cases), 1),
+          'accuracy_ci95': list(wilson_interval(correct, len(cases))), 'mixed_cases': mixed}

@@ -11,4 +11,4 @@ def get_config(variant=''):
   c.model = 'alexnet'
   c.batch_size = 100
   c.crop_size = 227
-  return default.tiny(c) if variant == 'tiny' else c
+  return default.variant(c, variant)

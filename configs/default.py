@@ -1,21 +1,26 @@
 """Defaults for every field; the per-network configs import this and override the paper's settings.
 
-  python -m anatomy_jax.main --config=configs/proposed.py --workdir=/tmp/proposed
+  python -m anatomy_jax.main --config=configs/proposed.py --workdir=workdirs/proposed
 
 Any field can be overridden on the command line, e.g. `--config.num_epochs=5`; an unknown field is an error.
+Every config takes the variant `:tiny` (`--config=configs/lenet.py:tiny`): 2 epochs of batch 8, for a first try
+or a small test folder. Fields are checked before anything is loaded (anatomy_jax/settings.py).
 """
 
 import ml_collections
 
+VARIANTS = {'tiny': '2 epochs of batch 8, progress every step: a smoke test for small folders'}
 
-def get_config():
+
+def get_config(variant_name: str = ''):
+  """Every field's default (a network's own config file overrides the paper's settings)."""
   c = ml_collections.ConfigDict()
   # Network and data.
   c.model = 'proposed'  # Network name: lenet, alexnet, googlenet or proposed (anatomy_jax.models.MODELS).
-  c.model_kwargs = ml_collections.ConfigDict()  # Extra module fields, e.g. the proposed CNN's open choices.
+  c.model_kwargs = ml_collections.ConfigDict()  # The network's own options, e.g. the proposed CNN's open choices.
   c.dtype = 'float32'  # Compute dtype (float32 or bfloat16); parameters and optimizer state stay float32.
   c.dataset = 'mednist'  # Dataset name: mednist or folder (a user's class folders in manual_dir).
-  c.data_dir = ''  # Where TFDS writes the prepared dataset ('' = ~/tensorflow_datasets).
+  c.data_dir = ''  # Where TFDS keeps prepared datasets ('' = ~/tensorflow_datasets).
   c.manual_dir = ''  # Folder holding MedNIST.tar.gz (offline) or, for dataset=folder, the user's images.
   c.allow_download = True  # Download MedNIST when manual_dir does not hold it.
   c.train_fraction = 1.0  # Fraction of the training split used (stratified, fixed by seed): learning curves.
@@ -25,14 +30,22 @@ def get_config():
   c.folder.channels = 1  # 1: greyscale (colour images converted), 3: RGB (greyscale images repeated).
   c.folder.group_csv = ''  # Optional CSV `path,group` keeping each patient/case in one split.
   c.folder.group_regex = ''  # Optional regex on the relative path; its first group (or match) names the group.
+  c.folder.group_by = ''  # Or 'subfolder' (<class>/<case>/<files>) or 'filename' (the name without its number).
   c.folder.test_fraction = 0.1  # Share of images in test when the folder has no test/ subfolder.
   c.folder.val_fraction = 0.2  # Share of the remaining images in validation when there is no val/ subfolder.
+  c.folder.max_pixels = 100_000_000  # Larger images (width x height) are skipped and reported, not decoded.
   # Preprocessing, as DIGITS does it (done on the device inside the jitted step).
   c.image_size = 256  # Images are resized to this square before cropping (DIGITS stores 256x256).
   c.crop_size = 227  # Random crop in training, centre crop in evaluation; must equal the network's input size.
   c.mirror = True  # Random horizontal flips in training.
   c.mean_subtraction = 'image'  # Subtract the training set's mean 'image', its mean 'pixel', or 'none'.
   c.scale = 1.0  # Multiply pixels by this after mean subtraction (LeNet: 0.0125).
+  # Extra augmentation for small datasets (all off in the paper's protocol; see configs/proposed_finetune.py).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.resized_crop = 0.0  # > 0: random crops of this to 100% of the image area (aspect 3:4-4:3), resized.
+  c.augment.rotation = 0.0  # Random rotations of up to this many degrees either way.
+  c.augment.brightness = 0.0  # Random brightness shifts of up to this fraction of the pixel range.
+  c.augment.contrast = 0.0  # Random contrast factors in [1 - this, 1 + this].
   # Solver: Caffe SGD as DIGITS runs it.
   c.num_epochs = 30  # Training epochs.
   c.batch_size = 100  # Global training batch, split over all devices of all processes.
@@ -44,20 +57,36 @@ def get_config():
   c.weight_decay = 5e-4  # L2 weight decay on weights (Caffe's weight_decay).
   c.bias_lr_mult = 2.0  # Biases learn at this multiple of the rate (Caffe lr_mult: 2).
   c.bias_decay_mult = 0.0  # Biases' weight decay multiple (Caffe decay_mult: 0).
-  c.aux_loss_weight = 0.3  # GoogLeNet's auxiliary heads' loss weight.
+  c.lr_schedule = 'step'  # 'step' (DIGITS' step-down, above) or 'cosine' (to 0 at the end, after warm-up).
+  c.warmup_epochs = 0.0  # Linear warm-up from 0 over this many epochs (both schedules).
+  c.label_smoothing = 0.0  # Mix this much of a uniform distribution into the training targets.
+  c.class_weights = 'none'  # 'balanced': weight each class's loss by 1 / its share of the training images.
+  c.early_stopping_epochs = 0  # Stop when validation accuracy has not improved for this many epochs (0: never).
+  # Starting from a trained run (fine-tuning).
+  c.init_from = ''  # A training run's workdir (its best checkpoint) or a checkpoints/best|latest directory.
+  c.body_lr_mult = 1.0  # Learning-rate multiple for everything but the classifier(s), with init_from.
+  c.freeze_body_epochs = 0.0  # Train only the classifier(s) for this many epochs first, with init_from.
   c.seed = 0  # Seeds initialisation, data order, augmentation and dropout.
   # Running.
   c.parallelism = 'jit'  # 'jit' (mesh + shardings) or 'pmap'.
   c.data_on_device = 'auto'  # Keep the dataset on the accelerator: 'auto' (when it fits), 'yes' or 'no'.
-  c.checkpoint_every_steps = 0  # Also checkpoint every this many steps inside an epoch (0: epoch ends only).
-  c.keep_checkpoints = 3  # Latest checkpoints kept (the best-by-validation one is kept besides).
-  c.log_every_steps = 50  # Progress line (images/s, ETA) every this many steps.
+  c.steps_per_dispatch = 0  # Training steps per compiled call (same results); 0: 1 on CPUs, 8 on accelerators.
+  c.compilation_cache_dir = ''  # JAX's persistent compilation cache: '' = ~/.cache/anatomy_jax/jax, 'off' = none.
+  c.checkpoint_every_minutes = 10.0  # Also checkpoint this often inside an epoch (0: only at epoch ends).
+  c.checkpoint_every_steps = 0  # Also checkpoint every this many steps inside an epoch (0: never).
+  c.keep_checkpoints = 3  # Latest checkpoints kept, at least 1 (the best-by-validation one is kept besides).
+  c.log_every_steps = 50  # Progress line (loss, images/s, ETA) every this many steps...
+  c.log_every_seconds = 30.0  # ...or after this many seconds, whichever comes first.
   c.plots = True  # Write training-curve PNGs at the end of the run.
-  return c
+  return variant(c, variant_name)
 
 
-def tiny(c):
-  """A smoke-test variant of any config: 2 epochs of batch 8 (select with `--config=configs/X.py:tiny`)."""
+def variant(c, name: str):
+  """Apply a named variant (see VARIANTS); an unknown name is an error listing the valid ones."""
+  if not name:
+    return c
+  if name not in VARIANTS:
+    raise ValueError(f'unknown config variant {name!r}; valid: {", ".join(VARIANTS)}')
   c.num_epochs = 2
   c.batch_size = 8
   c.eval_batch_size = 8

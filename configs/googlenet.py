@@ -12,4 +12,4 @@ def get_config(variant=''):
   c.batch_size = 24
   c.eval_batch_size = 24
   c.crop_size = 224
-  return default.tiny(c) if variant == 'tiny' else c
+  return default.variant(c, variant)

@@ -17,4 +17,4 @@ def get_config(variant=''):
   c.mirror = False
   c.scale = 0.0125
   c.bias_decay_mult = 1.0  # DIGITS' lenet.prototxt sets lr_mult 2 on biases but leaves decay_mult at 1.
-  return default.tiny(c) if variant == 'tiny' else c
+  return default.variant(c, variant)

@@ -23,4 +23,4 @@ def get_config(variant=''):
       'two_groups': False,
       'lrn_after_conv2': False,
   })
-  return default.tiny(c) if variant == 'tiny' else c
+  return default.variant(c, variant)

@@ -44,21 +44,12 @@ def image_folder(tmp_path):
 
 
 def tiny_config(model: str, manual_dir, data_dir, **overrides):
-  """The `:tiny` variant of configs/<model>.py on a folder dataset, stored at 64x64 to keep tests fast."""
-  import importlib
-  config = importlib.import_module(f'configs.{model}').get_config('tiny')
-  config.dataset = 'folder'
-  config.manual_dir = str(manual_dir)
-  config.data_dir = str(data_dir)
-  config.folder.image_size = 64
-  config.plots = True
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  """The `:tiny` variant of `model`'s config on a folder dataset stored at 64x64, with overrides: through the
+  same parser as the command line (anatomy_jax.settings.load_config)."""
+  from anatomy_jax.experiments import runner
+  fields = {'dataset': 'folder', 'manual_dir': str(manual_dir), 'data_dir': str(data_dir), 'folder.image_size': 64,
+            'plots': True, **overrides}
+  return runner.load_config(model, 'tiny', [f'{k}={v}' for k, v in fields.items()])
 
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')

@@ -16,39 +16,38 @@ import sys
 import jax
 import numpy as np
 
-from anatomy_jax import input_pipeline, train
+from anatomy_jax import input_pipeline, steps as steps_lib, train
 from conftest import tiny_config
 from test_train import synthetic_dataset
 
 
 def run(model: str, steps: int) -> dict:
-  config = tiny_config(model, '', '')
-  config.dataset = 'synthetic'
-  config.batch_size = config.eval_batch_size = 8
   dataset = synthetic_dataset(n_train=24, n_val=10, n_test=10, size=32)
   final = {}
   for mode in ('single', 'jit', 'pmap'):
-    config.parallelism = 'jit' if mode == 'single' else mode
-    t = train.Trainer(config, '/tmp/unused', dataset=dataset)
-    state = t.init_state()
-    order = input_pipeline.epoch_order(len(t.splits['train']), config.batch_size, config.seed, 0)
+    config = tiny_config(model, '', '', batch_size=8, eval_batch_size=8,
+                         parallelism='jit' if mode == 'single' else mode)
+    s = train.setup(config, '/tmp/unused', dataset=dataset)
+    state = s.init_state()
+    order = input_pipeline.epoch_order(len(s.splits['train']), config.batch_size, config.seed, 0)
     if mode == 'single':  # The pure step, jitted with no shardings, everything on device 0.
       dev = jax.devices()[0]
-      state = jax.device_put(t.parallel.to_host(state), dev)
-      init = t.parallel.to_host(state.params)
-      data = jax.device_put(t.parallel.to_host(t.data['train']), dev)
-      step = jax.jit(functools.partial(train.train_step, model=t.model, tx=t.tx, preprocess=t.preprocess,
-                                       aux_weight=config.aux_loss_weight))
-      run_step = lambda state, s: step(state, jax.device_put(
-          {'idx': order[s], 'pos': np.arange(config.batch_size, dtype=np.int32)}, dev), data)
+      state = jax.device_put(s.parallel.to_host(state), dev)
+      init = s.parallel.to_host(state.params)
+      data = jax.device_put(s.parallel.to_host(s.data['train']), dev)
+      step = jax.jit(functools.partial(steps_lib.train_step, model=s.model, tx=s.tx, preprocess=s.preprocess,
+                                       schedule=s.schedule))
+      run_step = lambda state, i: step(state, jax.device_put(
+          {'idx': order[i], 'pos': np.arange(config.batch_size, dtype=np.int32)}, dev), data)
     else:
-      run_step = lambda state, s: t.p_train(state, t.batch('train', order[s]), t.data['train'])
+      # What training runs: the loop program, one step per dispatch.
+      run_step = lambda state, i: train.dispatch(s, state, None, s.batch('train', order[i:i + 1]), 1)
     metrics = []
-    for s in range(steps):
-      state, m = run_step(state, s)
-      metrics.append({k: float(v) for k, v in t.parallel.to_host(t.parallel.first(m)).items()})
-    params = t.parallel.to_host(t.parallel.first(state.params) if mode == 'pmap' else state.params)
-    val = None if mode == 'single' else t.evaluate(state.params, 'validation')
+    for i in range(steps):
+      state, m = run_step(state, i)
+      metrics.append({k: float(v) for k, v in s.parallel.to_host(s.parallel.first(m)).items()})
+    params = s.parallel.to_host(s.parallel.first(state.params) if mode == 'pmap' else state.params)
+    val = None if mode == 'single' else s.evaluate(state.params, 'validation')
     final[mode] = (params, metrics, val)
 
   max_abs_diff = lambda a, b: max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(

@@ -1,12 +1,15 @@
 """Nothing lost: kills at any point resume exactly; bad checkpoints, bad numbers and bad setups are caught."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from anatomy_jax import checkpoints
@@ -40,10 +43,12 @@ def copy_run(base, tmp_path):
 def test_fault_injection_short_form(tmp_path):
   sys.path.insert(0, str(REPO / 'tests'))
   import fault_injection
-  summary = fault_injection.inject(tmp_path, ['step:3', 'save:1', 'save:3', 'step:6', 'save:2'])
+  faults = ['step:3', 'save:1', 'step:4:INT', 'flip', 'save:3', 'step:3:TERM', 'step:6', 'flip', 'save:2']
+  summary = fault_injection.inject(tmp_path, faults)
   assert summary['identical'], summary['problems']
-  assert summary['kills_happened'] == 5
+  assert summary['faults_happened'] == len(faults) and summary['interrupts'] == 2 and summary['bytes_flipped'] == 2
   assert summary['partial_checkpoints_left_by_kills'] >= 1  # At least one kill really landed mid-save.
+  assert summary['checkpoints_set_aside'] >= 2  # Each flipped checkpoint was caught and moved aside.
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_one_before(base, tmp_path):
@@ -55,26 +60,30 @@ def test_truncated_latest_checkpoint_falls_back_to_the_one_before(base, tmp_path
       f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])  # Truncate every file of the newest.
   out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2')
   assert out.returncode == 0, out.stderr[-2000:]
-  assert 'Checkpoint' in out.stderr and '/5 could not be restored' in out.stderr
+  assert re.search(r'Checkpoint \S+/latest/5 is damaged', out.stderr), out.stderr[-2000:]
   assert 'Resumed lenet from step 4' in out.stderr
   assert (workdir / 'checkpoints' / 'corrupt' / 'latest_5').is_dir()
   records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [r['epoch'] for r in records] == [1, 2]
 
 
-def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(base, tmp_path):
+def test_non_finite_loss_stops_and_the_rerun_starts_before_it(base, tmp_path):
   workdir = copy_run(base, tmp_path)
   out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.learning_rate=1e12')
-  assert out.returncode != 0 and 'Traceback' not in out.stderr
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
   m = re.search(r'non-finite between steps (\d+) and (\d+)', out.stderr)
   assert m, out.stderr[-2000:]
   last_finite, bad = int(m.group(1)), int(m.group(2))
   assert 5 <= last_finite < bad <= 10
-  named = re.search(r'last good checkpoint is (\S+)\. ', out.stderr).group(1)
-  assert Path(named).is_dir() and int(Path(named).name) <= last_finite
-  saved = [int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir() if p.name.isdigit()]
-  assert max(saved) == int(Path(named).name)  # Nothing was saved after the loss went bad.
+  # Nothing was saved after the loss went bad, and the checkpoint it diverged from was set aside.
+  m = re.search(r'newest checkpoint \(step (\d+)\) was moved to \S+; a rerun resumes from step (\d+)\.', out.stderr)
+  set_aside, resume = int(m.group(1)), int(m.group(2))
+  assert 5 <= set_aside <= last_finite and resume < set_aside
+  saved = sorted(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir() if p.name.isdigit())
+  assert max(saved) == resume and (workdir / 'checkpoints' / 'corrupt' / f'latest_{set_aside}').is_dir()
   assert not any('.orbax-checkpoint-tmp' in p.name for p in (workdir / 'checkpoints' / 'latest').iterdir())
+  again = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2')
+  assert again.returncode == 0 and f'Resumed lenet from step {resume}' in again.stderr, again.stderr[-2000:]
 
 
 def test_second_run_on_the_same_workdir_refuses(base, tmp_path):
@@ -111,3 +120,141 @@ def test_results_carry_provenance(base):
   for package in ('jax', 'flax', 'optax', 'orbax-checkpoint'):
     assert prov['versions'][package][0].isdigit()
   assert prov['devices']['device_kind'] and prov['devices']['backend'] == 'cpu'
+
+
+# ----------------------------------------------------------------------------------------------- round two
+
+def largest_array_file(checkpoint: Path) -> Path:
+  files = [f for f in (checkpoint / 'state').rglob('*') if f.is_file() and '/d/' in str(f)]
+  return max(files, key=lambda f: f.stat().st_size)
+
+
+def test_flipped_bytes_are_caught_and_the_checkpoint_before_used(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  target = largest_array_file(workdir / 'checkpoints' / 'latest' / '5')
+  data = bytearray(target.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 4096] = np.random.default_rng(0).integers(0, 256, min(4096, len(data) - middle),
+                                                                dtype=np.uint8).tobytes()
+  target.write_bytes(bytes(data))
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert re.search(r'latest/5 is damaged \(checksum mismatch', out.stderr), out.stderr[-3000:]
+  assert 'Resumed lenet from step 4' in out.stderr
+  assert (workdir / 'checkpoints' / 'corrupt' / 'latest_5').is_dir()
+
+
+def test_damaged_best_checkpoint_falls_back_to_its_copy_in_latest(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  best = next((workdir / 'checkpoints' / 'best').glob('[0-9]*'))
+  target = largest_array_file(best)
+  target.write_bytes(target.read_bytes()[:len(target.read_bytes()) // 2])
+  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.evaluate', f'--workdir={workdir}'], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+  assert f'Using its copy {workdir}/checkpoints/latest/{best.name}' in out.stderr
+  report = json.loads((workdir / 'eval_test.json').read_text())
+  assert report['step'] == int(best.name)
+  results = json.loads((base['run'] / 'results.json').read_text())
+  assert report['accuracy'] == pytest.approx(results['test_accuracy'], abs=1e-6)
+
+
+def test_resuming_on_other_data_is_refused(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  other = make_image_folder(tmp_path / 'other', per_class=20, seed=5)  # Same classes, other images.
+  args = [a if not a.startswith('--config.manual_dir') else f'--config.manual_dir={other}' for a in base['args']]
+  out = main(*args, f'--workdir={workdir}', '--config.num_epochs=2')
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert 'different setup (data: the prepared images' in out.stderr and "data: checkpoint '" in out.stderr
+
+
+def test_changed_optimizer_is_a_changed_setup_not_damage(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  before = sorted(p.name for p in (workdir / 'checkpoints' / 'latest').iterdir())
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.bias_decay_mult=0')
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert 'differently shaped state than this config builds' in out.stderr, out.stderr[-2000:]
+  assert 'bias_decay_mult: checkpoint 1.0 vs now 0.0' in out.stderr
+  assert 'damaged' not in out.stderr and not (workdir / 'checkpoints' / 'corrupt').exists()
+  assert sorted(p.name for p in (workdir / 'checkpoints' / 'latest').iterdir()) == before
+
+
+def test_ctrl_c_mid_epoch_saves_and_the_rerun_ends_identical(base, tmp_path):
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, ANATOMY_JAX_KILL_AT='step:3:INT')
+  args = [a for a in base['args'] if not a.startswith('--config.checkpoint_every_steps')]
+  out = main(*args, f'--workdir={workdir}', '--config.num_epochs=1', env=env)
+  assert out.returncode == 130, out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (f'SIGINT: saved step 3 in {workdir}/checkpoints/latest; rerun the '
+                                                 'same command to continue.')
+  assert (workdir / 'checkpoints' / 'latest' / '3').is_dir()
+  again = main(*args, f'--workdir={workdir}', '--config.num_epochs=1')
+  assert again.returncode == 0 and 'Resumed lenet from step 3' in again.stderr
+  from anatomy_jax import inference
+  a, b = inference.load_run(workdir, 'latest'), inference.load_run(base['run'], 'latest')
+  assert a.step == b.step == 5
+  assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a.params, b.params)))
+  strip = lambda r: {k: v for k, v in r.items() if k not in ('seconds', 'train_images_per_s')}
+  assert [strip(json.loads(l)) for l in (workdir / 'metrics.jsonl').read_text().splitlines()] == \
+      [strip(json.loads(l)) for l in (base['run'] / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_time_based_checkpoints(base, tmp_path):
+  args = [a for a in base['args'] if not a.startswith('--config.checkpoint_every_steps')]
+  out = main(*args, f'--workdir={tmp_path / "run"}', '--config.num_epochs=1', '--config.checkpoint_every_minutes=1e-6',
+             '--config.keep_checkpoints=10')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert sorted(int(p.name) for p in (tmp_path / 'run' / 'checkpoints' / 'latest').glob('[0-9]*')) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize('override,message', [
+    ('batch_size=0', 'config.batch_size=0: must be an integer >= 1'),
+    ('batch_size=-8', 'config.batch_size=-8: must be an integer >= 1'),
+    ('log_every_steps=0', 'config.log_every_steps=0: must be an integer >= 1'),
+    ('eval_batch_size=-8', 'config.eval_batch_size=-8: must be an integer >= 1'),
+    ('eval_batch_size=0', 'config.eval_batch_size=0: must be an integer >= 1'),
+    ('num_epochs=0', 'config.num_epochs=0: must be an integer >= 1'),
+    ('folder.image_size=0', 'config.folder.image_size=0: must be an integer >= 1'),
+    ('learning_rate=nan', 'config.learning_rate=nan: must be a number > 0'),
+    ('keep_checkpoints=0', 'config.keep_checkpoints=0: must be an integer >= 1'),
+    ('momentum=1.5', 'config.momentum=1.5: must be a number >= 0 and < 1'),
+    ('train_fraction=0', 'config.train_fraction=0.0: must be a number > 0 and <= 1'),
+    ('dtype=float16', "config.dtype='float16': must be one of float32, bfloat16"),
+])
+def test_bad_numbers_are_refused_before_anything_is_loaded(override, message):
+  from anatomy_jax import settings
+  config = settings.load_config('configs/lenet.py:tiny', ['dataset=folder', 'manual_dir=/nonexistent', override])
+  with pytest.raises(ValueError) as e:
+    settings.validate(config)
+  assert message in str(e.value) and 'e.g. --config.' in str(e.value) or 'must be one of' in str(e.value)
+
+
+def test_bad_number_on_the_command_line_is_one_line_before_any_data(base, tmp_path):
+  out = main(*base['args'], f'--workdir={tmp_path / "run"}', '--config.eval_batch_size=0')
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith('error: config.eval_batch_size=0: must be an integer >= 1')
+  assert 'Dataset' not in out.stderr and not (tmp_path / 'run').exists()
+
+
+def test_non_finite_parameters_are_never_saved():
+  from anatomy_jax.errors import NonFiniteLoss
+  good = {'state': {'params': {'w': np.ones(3, np.float32)}}, 'mean': np.zeros(2, np.float32)}
+  assert set(checkpoints.checksums(good, check_finite=True)) == {'state/params/w', 'mean'}
+  bad = {'state': {'params': {'w': np.array([1, np.nan, 1], np.float32)}}, 'mean': np.zeros(2, np.float32)}
+  with pytest.raises(NonFiniteLoss, match='state/params/w'):
+    checkpoints.checksums(bad, check_finite=True)
+
+
+def test_all_checkpoints_damaged_is_one_clear_line(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  for f in (workdir / 'checkpoints').rglob('*'):
+    if f.is_file() and '/d/' in str(f):
+      f.write_bytes(f.read_bytes()[:10])
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2')
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: Every checkpoint in') and 'Rerun to start this run again from scratch' in last
+  assert 'Traceback' not in out.stderr and 'Event loop is closed' not in out.stderr
+  again = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
+  assert again.returncode == 0 and 'from scratch' in again.stderr

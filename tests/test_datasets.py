@@ -1,7 +1,8 @@
 """Datasets: leakage-free splits, the folder builder and its bad input, DICOM conversion, the real MedNIST."""
 
 import shutil
-from pathlib import Path
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -12,13 +13,14 @@ from pydicom.data import get_testdata_file
 
 from anatomy_jax import datasets
 from anatomy_jax.datasets import images, splits
-from conftest import MEDNIST, make_image_folder, requires_mednist
+from conftest import MEDNIST, REPO, make_image_folder, requires_mednist
 
 
 def folder_config(root, data_dir, **folder):
   config = ml_collections.ConfigDict({'dataset': 'folder', 'manual_dir': str(root), 'data_dir': str(data_dir)})
   config.folder = ml_collections.ConfigDict(dict(image_size=32, channels=1, group_csv='', group_regex='',
-                                                 test_fraction=0.1, val_fraction=0.2))
+                                                 group_by='', test_fraction=0.1, val_fraction=0.2,
+                                                 max_pixels=100_000_000))
   config.folder.update(folder)
   return config
 
@@ -60,7 +62,8 @@ def load(root, tmp_path, **folder):
   return datasets.load_dataset(folder_config(root, tmp_path / 'tfds', **folder))
 
 
-def test_folder_dataset_from_png_and_jpeg(image_folder, tmp_path, capsys):
+def test_folder_dataset_from_png_and_jpeg(image_folder, tmp_path, caplog):
+  caplog.set_level('INFO')
   ds = load(image_folder, tmp_path)
   assert ds.class_names == ['disc', 'horizontal', 'vertical']
   assert sum(ds.sizes().values()) == 120
@@ -68,8 +71,8 @@ def test_folder_dataset_from_png_and_jpeg(image_folder, tmp_path, capsys):
   assert ds.metadata['num_skipped'] == 0
   counts = ds.metadata['class_counts']
   assert sum(counts['train'].values()) == len(ds.splits['train'])
-  printed = capsys.readouterr().out
-  assert 'disc' in printed and 'validation' in printed
+  printed = caplog.text
+  assert 'Folder dataset:' in printed and 'disc' in printed and 'validation' in printed
   hashes = {s: {splits.content_hash(x) for x in ds.splits[s].images} for s in splits.SPLITS}
   assert not (hashes['train'] & hashes['test']) and not (hashes['train'] & hashes['validation'])
 
@@ -243,3 +246,40 @@ def test_real_mednist_classes_counts_and_disjoint_splits(mednist):
   assert not distinct['train'] & distinct['test']
   assert not distinct['validation'] & distinct['test']
   assert sum(len(d) for d in distinct.values()) == 58_514  # The README's count of distinct pixel arrays.
+
+
+# ----------------------------------------------------------------------------------------------- nothing dropped
+
+def test_every_file_is_used_or_reported(image_folder, tmp_path):
+  Image.fromarray(np.zeros((15000, 15000), np.uint8)).save(image_folder / 'disc' / 'huge.png')
+  nan = np.full((20, 20), 0.5, np.float32)
+  nan[3, 4] = np.nan
+  Image.fromarray(nan, 'F').save(image_folder / 'disc' / 'nan.tif')
+  (image_folder / 'disc' / 'gone.png').symlink_to(tmp_path / 'missing.png')
+  extra = make_image_folder(tmp_path / 'elsewhere', per_class=20, classes=('vertical',), seed=3)
+  (image_folder / 'vertical' / 'linked').symlink_to(extra / 'vertical', target_is_directory=True)
+  shutil.copy(image_folder / 'horizontal' / 'img_001.png', image_folder / 'vertical' / 'conflict.png')
+  ds = load(image_folder, tmp_path)
+  skipped = {s['file']: s['reason'] for s in ds.metadata['skipped']}
+  assert set(skipped) == {'disc/huge.png', 'disc/nan.tif', 'disc/gone.png'}
+  assert '15000x15000 = 225,000,000 pixels, above the limit of 100,000,000' in skipped['disc/huge.png']
+  assert 'non-finite pixel value' in skipped['disc/nan.tif']
+  assert skipped['disc/gone.png'] == 'broken symbolic link'
+  assert ds.metadata['conflicts'] == [{'files': ['horizontal/img_001.png', 'vertical/conflict.png'],
+                                       'classes': ['horizontal', 'vertical']}]
+  # 120 images, 20 more through the symlinked folder, the two conflicting copies left out.
+  assert sum(ds.sizes().values()) == 120 + 20 - 1
+  conflicting = splits.content_hash(images.load(image_folder / 'vertical' / 'conflict.png', 32, 1))
+  assert all(splits.content_hash(x) != conflicting for s in splits.SPLITS for x in ds.splits[s].images)
+
+
+def test_two_runs_preparing_one_folder_at_once_both_succeed(image_folder, tmp_path):
+  code = ('import sys; sys.path[:0] = ["tests", "."]; from test_datasets import folder_config; '
+          'from anatomy_jax import datasets; '
+          f'd = datasets.load_dataset(folder_config({str(image_folder)!r}, {str(tmp_path / "tfds")!r})); '
+          'print(sum(d.sizes().values()))')
+  procs = [subprocess.Popen([sys.executable, '-c', code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+  assert [o.strip() for o, _ in outs] == ['120', '120']

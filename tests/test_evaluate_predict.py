@@ -45,7 +45,11 @@ def test_metrics_against_hand_computed_values():
   assert r['loss'] == pytest.approx(-np.mean(np.log([.8, .3, .7, .2, .8])))  # True-class probabilities.
   # AUC for class a: scores .8 .3 (positives) vs .2 .1 .1: every positive above every negative.
   assert r['per_class']['a']['auc'] == 1.0
-  # Class b: positives .6 .7 vs negatives .1 .2 .1 -> 1.0; class c: positives .8 vs .1 .1 .1 .7 -> 1.0.
+  # Class b: positives (rows 2, 3) score .7 .2 against negatives .1 .6 .1: 5 of the 6 pairs are ordered right.
+  assert r['per_class']['b']['auc'] == pytest.approx(5 / 6)
+  # Class c: positive .8 against .1 .1 .1 .7.
+  assert r['per_class']['c']['auc'] == 1.0
+  assert r['macro_auc'] == pytest.approx((1 + 5 / 6 + 1) / 3)
   assert metrics.roc_auc(np.array([.5, .5, .2]), np.array([True, False, False])) == pytest.approx(0.75)
   lo, hi = r['accuracy_ci95']
   assert lo == pytest.approx(0.2307, abs=1e-3) and hi == pytest.approx(0.8824, abs=1e-3)  # Wilson, 3 of 5.
@@ -95,6 +99,9 @@ def test_predict_on_files_reports_and_skips_bad_ones(trained, tmp_path):
     probs = [float(row[c]) for c in ('dicom', 'disc', 'horizontal', 'vertical')]
     assert sum(probs) == pytest.approx(1, abs=1e-5)
     assert row['predicted'] == ('dicom', 'disc', 'horizontal', 'vertical')[int(np.argmax(probs))]
+    assert float(row['probability']) == pytest.approx(max(probs), abs=1e-6)
+    assert row['low_confidence'] == str(max(probs) < 0.6)
+  assert out.stderr.count('notes.txt') == 1  # Each skipped file reported once.
   # Prediction agrees with evaluation preprocessing: the same file gives the same probabilities in-process.
   from anatomy_jax import inference, predict
   run = inference.load_run(trained['workdir'])
@@ -117,3 +124,48 @@ def test_filter_and_feature_map_pictures(trained):
   for p in paths:
     with Image.open(p) as im:
       assert im.size[0] > 100 and im.size[1] > 100
+
+
+def run_predict(*args):
+  return subprocess.run([sys.executable, '-m', 'anatomy_jax.predict', *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_predict_never_replaces_results_with_an_empty_file(trained, tmp_path):
+  output = tmp_path / 'p.csv'
+  first = run_predict(f'--workdir={trained["workdir"]}', f'--output={output}', str(trained['root'] / 'disc'))
+  assert first.returncode == 0
+  before = output.read_text()
+  out = run_predict(f'--workdir={trained["workdir"]}', f'--output={output}', str(tmp_path / 'no_such_file.png'))
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert 'No file could be classified' in out.stderr and output.read_text() == before
+
+
+def test_output_paths_are_checked_before_any_work(trained, tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  out = run_predict(f'--workdir={trained["workdir"]}', f'--output={tmp_path / "a_file" / "p.csv"}',
+                    str(trained['root'] / 'disc'))
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert 'cannot be written' in out.stderr and 'Choose a --output' in out.stderr
+  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.evaluate', f'--workdir={trained["workdir"]}',
+                        f'--output_dir={tmp_path / "a_file" / "reports"}'], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr and 'Choose a --output_dir' in out.stderr
+  assert 'accuracy' not in out.stdout  # Refused before evaluating anything.
+
+
+def test_evaluate_writes_elsewhere_with_output_dir(trained, tmp_path):
+  report = evaluate.run_evaluation(trained['workdir'], 'test', output_dir=tmp_path / 'reports')
+  assert json.loads((tmp_path / 'reports' / 'eval_test.json').read_text())['accuracy'] == report['accuracy']
+  assert (tmp_path / 'reports' / 'confusion_test.png').is_file()
+
+
+def test_unfinished_results_json_is_not_taken_for_a_finished_run(trained, tmp_path):
+  from anatomy_jax.experiments import runner
+  workdir = tmp_path / 'copy'
+  shutil.copytree(trained['workdir'], workdir)
+  (workdir / 'results.json').write_text('')  # As a kill in the middle of writing it would have left it.
+  config = tiny_config('lenet', trained['root'], trained['tmp'] / 'tfds')
+  results = runner.train_once(config, workdir)
+  assert results['test_accuracy'] == pytest.approx(trained['results']['test_accuracy'])
+  assert json.loads((workdir / 'results.json').read_text())['test_accuracy'] == results['test_accuracy']

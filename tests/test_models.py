@@ -1,11 +1,14 @@
-"""The four networks: shapes, exact parameter counts, LRN against references, dropout, bfloat16, jit."""
+"""The networks: the registry's contract, shapes, exact parameter counts, LRN against references, dropout,
+bfloat16, jit."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anatomy_jax.models import MODELS, get_model, layers
+from anatomy_jax.benchmark import torch_peer
+from anatomy_jax.experiments import runner
+from anatomy_jax.models import MODELS, Network, get_model, layers, loss_weights
 from anatomy_jax.models.summary import count_params, layer_table
 
 
@@ -68,15 +71,23 @@ def init_shapes(model, channels):
   return jax.eval_shape(lambda x: model.init(rngs, x, train=True), x)
 
 
-def test_every_registered_model_has_a_parameter_count():
+def test_every_registered_network_has_a_config_a_parameter_count_and_a_peer():
   assert set(MODELS) == set(EXPECTED_PARAMS)
+  for name, cls in MODELS.items():
+    assert issubclass(cls, Network) and cls.input_size > 0
+    config = runner.load_config(name)
+    assert runner.config_file(name) is not None and config.model == name and config.crop_size == cls.input_size
+  assert set(MODELS) == set(torch_peer.PEERS)
 
 
-def test_published_totals():
-  # The well-known totals of the reference networks, as a check on the arithmetic above.
-  assert lenet_params(1, 10) == 431_080
-  assert alexnet_params(3, 1000) == 60_965_224
-  assert googlenet_params(3, 1000) == 13_378_280
+@pytest.mark.parametrize('name,channels,classes,total', [
+    ('lenet', 1, 10, 431_080),  # Caffe's MNIST LeNet.
+    ('alexnet', 3, 1000, 60_965_224),  # BVLC AlexNet.
+    ('googlenet', 3, 1000, 13_378_280),  # BVLC GoogLeNet, auxiliary heads included.
+])
+def test_published_totals(name, channels, classes, total):
+  # The reference networks' well-known totals, counted on the modules themselves.
+  assert count_params(init_shapes(get_model(name, num_classes=classes), channels)['params']) == total
 
 
 @pytest.mark.parametrize('name', sorted(MODELS))
@@ -94,7 +105,8 @@ def test_output_shapes(name, size, channels):
   variables = init_shapes(model, channels)
   x = jax.ShapeDtypeStruct((3, size, size, channels), jnp.float32)
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  assert out.shape == (3, 6) and out.dtype == jnp.float32
+  assert set(out) == set(loss_weights(model))  # Every head the network declares, and no other.
+  assert all(v.shape == (3, 6) and v.dtype == jnp.float32 for v in out.values())
 
 
 def test_layer_shapes_follow_caffe_ceil_pooling():
@@ -169,20 +181,20 @@ def test_wrong_input_size_is_a_clear_error():
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
 
 
-def test_googlenet_aux_heads_only_in_training():
+def test_googlenet_declares_its_auxiliary_heads():
   model = get_model('googlenet', num_classes=4)
+  assert loss_weights(model) == {'logits': 1.0, 'loss1': 0.3, 'loss2': 0.3}
+  assert loss_weights(get_model('googlenet', num_classes=4, aux_weight=0.5))['loss2'] == 0.5
+  assert loss_weights(get_model('alexnet', num_classes=4)) == {'logits': 1.0}
   variables = init_shapes(model, 1)
   assert {'loss1', 'loss2', 'loss3_classifier'} <= set(variables['params'])
   x = jax.ShapeDtypeStruct((2, 224, 224, 1), jnp.float32)
   train_out = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=True, rngs={'dropout': jax.random.key(0)}), variables, x)
-  assert set(train_out) == {'logits', 'loss1', 'loss2'}
-  assert all(v.shape == (2, 4) for v in train_out.values())
   eval_out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  assert isinstance(eval_out, jax.ShapeDtypeStruct) and eval_out.shape == (2, 4)
-  # Evaluation may still ask for the heads (the paper reports loss1/loss2 validation accuracy).
-  aux_eval = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, with_aux=True), variables, x)
-  assert set(aux_eval) == {'logits', 'loss1', 'loss2'}
+  # The heads in training and in evaluation (the paper reports loss1/loss2 validation accuracy).
+  for out in (train_out, eval_out):
+    assert set(out) == {'logits', 'loss1', 'loss2'} and all(v.shape == (2, 4) for v in out.values())
 
 
 @pytest.mark.parametrize('name,has_dropout', [('alexnet', True), ('lenet', False), ('proposed', False)])
@@ -190,7 +202,7 @@ def test_dropout_changes_outputs_only_in_training(name, has_dropout):
   model = get_model(name, num_classes=3)
   x = jax.random.normal(jax.random.key(0), (2, model.input_size, model.input_size, 1))
   variables = model.init(jax.random.key(1), x, train=False)
-  apply = jax.jit(lambda x, key, train: model.apply(variables, x, train=train, rngs={'dropout': key}),
+  apply = jax.jit(lambda x, key, train: model.apply(variables, x, train=train, rngs={'dropout': key})['logits'],
                   static_argnums=2)
   a, b = apply(x, jax.random.key(2), False), apply(x, jax.random.key(3), False)
   np.testing.assert_array_equal(a, b)
@@ -207,10 +219,11 @@ def test_bfloat16_compute_float32_params(name):
   variables = jax.jit(lambda x: f32.init(jax.random.key(1), x, train=False))(x)
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(
       jax.eval_shape(lambda x: bf16.init(jax.random.key(1), x, train=False), x)))
-  # Scale the classifier's input so logits are O(1) and the comparison means something.
-  y32 = jax.jit(lambda v, x: f32.apply(v, x, train=False))(variables, x)
-  y16 = jax.jit(lambda v, x: bf16.apply(v, x, train=False))(variables, x)
+  y32 = jax.jit(lambda v, x: f32.apply(v, x, train=False)['logits'])(variables, x)
+  y16 = jax.jit(lambda v, x: bf16.apply(v, x, train=False)['logits'])(variables, x)
   assert y16.dtype == jnp.float32  # Logits come back in float32 for the loss.
+  # The same parameters give nearly the same logits: bfloat16 rounding (about 3 significant digits), not
+  # another computation. Exactly equal would mean bfloat16 was not used at all.
   rel = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
   assert 0 < rel < 0.05, rel
 
@@ -224,8 +237,7 @@ def test_forward_backward_jit_compiles_once(name):
   @jax.jit
   def loss_and_grad(params, x, key):
     def loss(p):
-      out = model.apply({'params': p}, x, train=True, rngs={'dropout': key})
-      out = out['logits'] if isinstance(out, dict) else out
+      out = model.apply({'params': p}, x, train=True, rngs={'dropout': key})['logits']
       return jnp.mean(out ** 2)
     return jax.value_and_grad(loss)(params)
 

@@ -1,11 +1,19 @@
 """Datasets by name: TFDS builders (no TensorFlow needed) read back into host memory as uint8 arrays.
 
-`load_dataset(config)` prepares the dataset named by `config.dataset` once (in `config.data_dir`) and returns
-every split as NumPy arrays. Medical image sets of this kind fit in host memory many times over (MedNIST:
-241 MB), which lets the input pipeline index them at random and keep them on the accelerator.
+`load_dataset(config)` prepares the dataset named by `config.dataset` once (in `config.data_dir`, by default
+~/tensorflow_datasets) and returns every split as NumPy arrays. Medical image sets of this kind fit in host
+memory many times over (MedNIST: 241 MB), which lets the input pipeline index them at random and keep them on
+the accelerator. Preparation holds a lock, so two runs preparing the same new dataset at once take turns.
 """
 
+import contextlib
 import dataclasses
+import functools
+import fcntl
+import hashlib
+import io
+import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -13,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from anatomy_jax.datasets import splits
+from anatomy_jax.errors import UserError
 
 
 @dataclasses.dataclass
@@ -30,6 +39,7 @@ class Dataset:
   class_names: list[str]
   splits: dict[str, Split]
   metadata: dict[str, Any]
+  groups: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # Per split: each image's case, if known.
 
   @property
   def num_classes(self) -> int:
@@ -41,6 +51,16 @@ class Dataset:
 
   def sizes(self) -> dict[str, int]:
     return {name: len(split) for name, split in self.splits.items()}
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A digest of every split's images and labels: a checkpoint knows which data it was trained on."""
+    h = hashlib.blake2b(digest_size=12)
+    for name in sorted(self.splits):
+      h.update(name.encode())
+      h.update(np.ascontiguousarray(self.splits[name].labels).tobytes())
+      h.update(np.ascontiguousarray(self.splits[name].images).tobytes())
+    return h.hexdigest()
 
 
 def _mednist(config, data_dir):
@@ -59,42 +79,86 @@ BUILDERS = {'mednist': _mednist, 'folder': _folder}
 def get_builder(config):
   """The TFDS builder for `config.dataset`, reading sources from `config.manual_dir`."""
   if config.dataset not in BUILDERS:
-    raise ValueError(f'Unknown dataset {config.dataset!r}; valid names: {", ".join(sorted(BUILDERS))}.')
-  data_dir = config.data_dir or None  # None: TFDS' default, ~/tensorflow_datasets.
+    raise UserError(f'Unknown dataset {config.dataset!r}; valid names: {", ".join(sorted(BUILDERS))}.')
+  data_dir = str(Path(config.data_dir).expanduser()) if config.data_dir else None  # None: ~/tensorflow_datasets.
   return BUILDERS[config.dataset](config, data_dir)
+
+
+@contextlib.contextmanager
+def _build_lock(builder):
+  """An exclusive file lock per dataset version, beside its files: concurrent preparations take turns."""
+  root = Path(builder.data_dir_root)
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / f'.{builder.name}.{builder.builder_config.name if builder.builder_config else ""}.lock',
+            'a') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info('Another run is preparing %s; waiting for it.', builder.name)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prepare(config):
   """Build the dataset's files once; with several processes, process 0 builds while the others wait."""
   builder = get_builder(config)
   if jax.process_index() == 0:
-    builder.download_and_prepare(file_format='array_record')
+    with _build_lock(builder):
+      if not Path(builder.data_path).exists():
+        started = time.monotonic()
+        logging.info('Preparing dataset %s in %s (once; later runs reuse it).', builder.name, builder.data_dir)
+        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints size banners we have no use for.
+          builder.download_and_prepare(file_format='array_record')
+        logging.info('Prepared %s in %.0f s.', builder.name, time.monotonic() - started)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('dataset prepared')
-    builder = get_builder(config)  # Re-read the info process 0 wrote.
-  return builder
+  return get_builder(config)  # Reads the info the preparation wrote.
 
 
-def read_split(source, batch: int = 4096) -> Split:
-  """All records of a TFDS data source as arrays."""
-  images, labels = [], []
+def read_split(source, batch: int = 4096, fields=('image', 'label')) -> dict[str, np.ndarray]:
+  """The given fields of all records of a TFDS data source, as arrays."""
+  out = {f: [] for f in fields}
   for start in range(0, len(source), batch):
     records = source.__getitems__(list(range(start, min(start + batch, len(source)))))
-    images.append(np.stack([r['image'] for r in records]))
-    labels.append(np.array([r['label'] for r in records], np.int32))
-  if not images:
-    raise ValueError(f'Split {source} is empty.')
-  return Split(np.concatenate(images), np.concatenate(labels))
+    for f in fields:
+      out[f].append(np.stack([r[f] for r in records]))
+  if not out[fields[0]]:
+    raise UserError(f'Split {source} is empty.')
+  return {f: np.concatenate(v) for f, v in out.items()}
 
 
 def load_dataset(config) -> Dataset:
   """Prepare (once) and read the dataset `config.dataset` with its train, validation and test splits."""
   builder = prepare(config)
   sources = builder.as_data_source()
-  data = {name: read_split(sources[name]) for name in splits.SPLITS}
+  has_groups = 'group' in builder.info.features
+  data, groups = {}, {}
+  for name in splits.SPLITS:
+    arrays = read_split(sources[name], fields=('image', 'label', 'group') if has_groups else ('image', 'label'))
+    data[name] = Split(arrays['image'], arrays['label'].astype(np.int32))
+    if has_groups:
+      groups[name] = np.array([g.decode() if isinstance(g, bytes) else str(g) for g in arrays['group']])
   info = builder.info
   metadata = dict(info.metadata or {})
   logging.info('Dataset %s: %s; classes %s', builder.name, {k: len(v) for k, v in data.items()},
                info.features['label'].names)
-  return Dataset(builder.name, list(info.features['label'].names), data, metadata)
+  return Dataset(builder.name, list(info.features['label'].names), data, metadata, groups)
+
+
+def split_notes(dataset: Dataset) -> list[str]:
+  """What a user should know about how validation was split off: a validation split carved from the training
+  images without case groups puts slices of one case on both sides, so its accuracy is optimistic."""
+  meta = dataset.metadata
+  if not meta.get('validation_carved') or meta.get('grouping'):
+    return []
+  hint = meta.get('case_hint')
+  fix = (f'the file paths look like they name cases: --config.folder.group_by={hint} keeps each case in one split'
+         if hint else 'if several images come from one patient or case, name the cases with '
+         '--config.folder.group_by=subfolder|filename, --config.folder.group_csv or --config.folder.group_regex')
+  return [f'Validation was carved from the training images by image content only, without case groups: images of '
+          f'one case can sit on both sides, and validation accuracy (and the choice of the best checkpoint) is then '
+          f'optimistic. To fix: {fix}, or give a val/ folder.']

@@ -11,11 +11,20 @@ stored at `image_size` x `image_size` (aspect kept, padded); originals are never
 content and, when given, by group (a CSV `path,group` or a regex on the relative path), so identical images and
 all images of one patient stay in one split. Class names are the sorted folder names.
 
-Bad input: an empty class folder, a single class, or a class in test/val but not in train stop the build
-with a message naming the folder. Files that are not images, corrupt or truncated images and DICOMs without
-pixel data are skipped, each reported by name, and counted in the dataset's metadata (`skipped`).
+Cases: `group_by='subfolder'` makes the first sub-folder of a class folder the case (`<class>/<case>/<files>`);
+`group_by='filename'` takes the case from the file name without its trailing number (`pt012_slice07.png` ->
+`pt012_slice`); `group_csv` and `group_regex` say it explicitly. When none is given the build looks for such
+a pattern and the training run says which flag would keep each case in one split.
+
+Every file is used or reported by name, nothing is dropped or changed silently: files that are not images,
+corrupt or truncated images, DICOMs without pixel data, images above `max_pixels` or holding NaN values, and
+broken symbolic links are skipped, each reported and listed in the dataset's metadata (`skipped`); symbolic
+links to files and folders are followed. Identical images under different classes (label conflicts) are left
+out of every split and reported (`conflicts`): no label can be right for both. An empty class folder, a single
+class, or a class in test/val but not in train stop the build with a message naming the folder.
 """
 
+import collections
 import concurrent.futures
 import csv
 import dataclasses
@@ -23,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +40,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from anatomy_jax.datasets import images, splits
+from anatomy_jax.errors import UserError
 
 SPLIT_DIRS = {'train': 'train', 'test': 'test', 'val': 'validation', 'validation': 'validation'}
+GROUP_BY = ('', 'subfolder', 'filename')
 
 
 @dataclasses.dataclass(eq=False)
@@ -41,27 +53,33 @@ class FolderConfig(tfds.core.BuilderConfig):
   channels: int = 1
   group_csv: str = ''
   group_regex: str = ''
+  group_by: str = ''
   test_fraction: float = 0.1
   val_fraction: float = 0.2
+  max_pixels: int = images.MAX_PIXELS
 
   @classmethod
   def from_config(cls, config) -> 'FolderConfig':
     """The builder config for `config.manual_dir` and `config.folder`; its name pins the folder's contents."""
     if not config.manual_dir:
-      raise ValueError('dataset=folder needs the image folder: --config.manual_dir=PATH (PATH/<class>/<files>, '
+      raise UserError('dataset=folder needs the image folder: --config.manual_dir=PATH (PATH/<class>/<files>, '
                        'or PATH/train/<class>/... and PATH/test/<class>/...).')
     root = Path(config.manual_dir).expanduser().absolute()
     if not root.is_dir():
-      raise FileNotFoundError(f'The image folder {root} (config.manual_dir) does not exist.')
+      raise UserError(f'The image folder {root} (config.manual_dir) does not exist.')
     f = config.folder
     fields = dict(root=str(root), image_size=int(f.image_size), channels=int(f.channels),
                   group_csv=str(Path(f.group_csv).expanduser().absolute()) if f.group_csv else '',
-                  group_regex=f.group_regex, test_fraction=float(f.test_fraction), val_fraction=float(f.val_fraction))
+                  group_regex=f.group_regex, group_by=f.get('group_by', ''), test_fraction=float(f.test_fraction),
+                  val_fraction=float(f.val_fraction), max_pixels=int(f.get('max_pixels', images.MAX_PIXELS)))
     if fields['channels'] not in (1, 3):
-      raise ValueError(f'folder.channels must be 1 or 3, got {fields["channels"]}.')
+      raise UserError(f'folder.channels must be 1 or 3, got {fields["channels"]}.')
+    if fields['group_by'] not in GROUP_BY:
+      raise UserError(f'folder.group_by={fields["group_by"]!r}: must be one of {", ".join(map(repr, GROUP_BY))}.')
     # The name hashes the options and the file listing (names, sizes, times): changed files, new build.
-    listing = sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
-                     for p in root.rglob('*') if p.is_file())
+    found, broken = images.walk_files(root)
+    listing = sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime)) for p in found)
+    listing += sorted((str(p.relative_to(root)), -1, 0) for p, _ in broken)
     csv_state = Path(fields['group_csv']).read_text() if fields['group_csv'] and Path(
         fields['group_csv']).is_file() else ''
     digest = hashlib.sha256(json.dumps([fields, listing, csv_state]).encode()).hexdigest()[:16]
@@ -69,11 +87,12 @@ class FolderConfig(tfds.core.BuilderConfig):
 
 
 def scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
-  """{split or None: {class: files}} and the layout's class names, checking the folder structure."""
+  """{split or None: {class: files}} and the layout's class names, checking the folder structure. Broken
+  symbolic links are listed among the files (reading them reports them)."""
   subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')}
   if 'train' in subdirs:
     if 'test' not in subdirs:
-      raise ValueError(f'{root} has train/ but no test/: add PATH/test/<class>/..., or put the class folders '
+      raise UserError(f'{root} has train/ but no test/: add PATH/test/<class>/..., or put the class folders '
                        'directly in PATH to split automatically.')
     tree = {SPLIT_DIRS[name]: _class_files(path) for name, path in subdirs.items() if name in SPLIT_DIRS}
   else:
@@ -82,12 +101,12 @@ def scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
   for split, classes in tree.items():
     extra = set(classes) - train_classes
     if extra:
-      raise ValueError(f'Class folder(s) {sorted(extra)} are in {root}/{split if split != "validation" else "val"}'
+      raise UserError(f'Class folder(s) {sorted(extra)} are in {root}/{split if split != "validation" else "val"}'
                        f' but not in {root}/train: the network could never learn them. Add training images or '
                        'remove the folder(s).')
   names = sorted(train_classes)
   if len(names) < 2:
-    raise ValueError(f'{root} holds {len(names)} class folder(s) ({names}); classification needs at least two, '
+    raise UserError(f'{root} holds {len(names)} class folder(s) ({names}); classification needs at least two, '
                      'as PATH/<class>/<files>.')
   return tree, names
 
@@ -95,13 +114,14 @@ def scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
 def _class_files(directory: Path) -> dict[str, list[Path]]:
   classes = {}
   for cls in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith('.')):
-    files = sorted(p for p in cls.rglob('*') if p.is_file() and not p.name.startswith('.'))
+    found, broken = images.walk_files(cls)
+    files = sorted(found + [p for p, _ in broken])
     if not files:
-      raise ValueError(f'The class folder {cls} is empty: add images or remove it.')
+      raise UserError(f'The class folder {cls} is empty: add images or remove it.')
     classes[cls.name] = files
   loose = [p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith('.')]
   if loose and not classes:
-    raise ValueError(f'{directory} holds files ({loose[:3]}...) but no class folders: arrange the images as '
+    raise UserError(f'{directory} holds files ({loose[:3]}...) but no class folders: arrange the images as '
                      f'{directory}/<class>/<files>.')
   return classes
 
@@ -112,7 +132,7 @@ def read_groups(config: FolderConfig, root: Path, paths: list[Path]) -> list[str
   if config.group_csv:
     csv_path = Path(config.group_csv)
     if not csv_path.is_file():
-      raise FileNotFoundError(f'folder.group_csv {csv_path} does not exist.')
+      raise UserError(f'folder.group_csv {csv_path} does not exist.')
     table = {}
     with open(csv_path, newline='') as f:
       for row in csv.reader(f):
@@ -122,19 +142,49 @@ def read_groups(config: FolderConfig, root: Path, paths: list[Path]) -> list[str
         table[str(p.relative_to(root)) if p.is_absolute() else str(p)] = row[1].strip()
     missing = [r for r in rel if r not in table]
     if missing:
-      raise ValueError(f'{len(missing)} image(s) have no group in {csv_path}, e.g. {missing[:3]}. List every '
+      raise UserError(f'{len(missing)} image(s) have no group in {csv_path}, e.g. {missing[:3]}. List every '
                        'image as path,group (paths relative to the image folder).')
     return [table[r] for r in rel]
+  if config.group_by:
+    return [case_of(r, config.group_by) for r in rel]
   if config.group_regex:
     pattern = re.compile(config.group_regex)
     out = []
     for r in rel:
       m = pattern.search(r)
       if not m:
-        raise ValueError(f'folder.group_regex {config.group_regex!r} does not match {r}.')
+        raise UserError(f'folder.group_regex {config.group_regex!r} does not match {r}.')
       out.append(m.group(1) if m.groups() else m.group(0))
     return out
   return [None] * len(paths)
+
+
+def case_of(rel: str, group_by: str) -> str:
+  """The case an image belongs to, from its path relative to the image folder (see the module doc)."""
+  parts = Path(rel).parts
+  if parts[0].lower() in SPLIT_DIRS:
+    parts = parts[1:]
+  if group_by == 'subfolder':
+    return '/'.join(parts[:2]) if len(parts) > 2 else '/'.join(parts)  # <class>/<case>; loose files: their own.
+  stem = Path(parts[-1]).stem
+  return re.sub(r'[-_. ]*\d+$', '', stem) or stem
+
+
+def case_hint(rels: list[str]) -> str:
+  """'subfolder' or 'filename' when the paths look like they name cases: at least two cases per class, most
+  images sharing their case with others, and fewer cases than images. '' otherwise."""
+  if not rels:
+    return ''
+  classes = {Path(r).parts[1] if Path(r).parts[0].lower() in SPLIT_DIRS else Path(r).parts[0] for r in rels}
+  for group_by in ('subfolder', 'filename'):
+    if group_by == 'subfolder' and sum(len(Path(r).parts) - (Path(r).parts[0].lower() in SPLIT_DIRS) > 2
+                                       for r in rels) < 0.8 * len(rels):
+      continue
+    sizes = collections.Counter(case_of(r, group_by) for r in rels)
+    if (2 * len(classes) <= len(sizes) <= 0.7 * len(rels)
+        and sum(n for n in sizes.values() if n > 1) >= 0.8 * len(rels)):
+      return group_by
+  return ''
 
 
 class Folder(tfds.core.GeneratorBasedBuilder):
@@ -168,11 +218,13 @@ class Folder(tfds.core.GeneratorBasedBuilder):
                for path in paths]
     groups = read_groups(c, root, [p for _, _, p in entries])
     pixels, skipped = self._read_all(root, [p for _, _, p in entries])
-    keep = [i for i, px in enumerate(pixels) if px is not None]
-    for item in skipped:
-      logging.warning('Skipped %s: %s', item['file'], item['reason'])
-    keys = [[splits.content_hash(pixels[i])] + ([f'group:{groups[i]}'] if groups[i] is not None else [])
-            for i in keep]
+    hashes = {i: splits.content_hash(px) for i, px in enumerate(pixels) if px is not None}
+    conflicts = label_conflicts(hashes, [cls for _, cls, _ in entries], [p for _, _, p in entries], root)
+    excluded = {i for conflict in conflicts for i in conflict['indices']}
+    keep = [i for i in hashes if i not in excluded]
+    if not keep:
+      raise UserError(f'No usable image in {root}: {len(skipped)} skipped, {len(excluded)} in label conflicts.')
+    keys = [[hashes[i]] + ([f'group:{groups[i]}'] if groups[i] is not None else []) for i in keep]
     given = [entries[i][0] for i in keep]
     fixed = None if given[0] is None else [g if g != 'train' or 'validation' in tree else None for g in given]
     test_fraction = c.test_fraction if fixed is None else 0.0
@@ -187,34 +239,47 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       examples[split].append((str(path.relative_to(root)), cls, pixels[i], groups[i] or ''))
     for split, n in ((s, sum(counts[s].values())) for s in splits.SPLITS):
       if n == 0:
-        raise ValueError(f'The {split} split would be empty: {len(keep)} readable images in too few groups for '
+        raise UserError(f'The {split} split would be empty: {len(keep)} readable images in too few groups for '
                          f'test_fraction={c.test_fraction}, val_fraction={c.val_fraction}. Add images or groups, '
                          f'or change --config.folder.test_fraction / val_fraction.')
     empty = [name for name, n in counts['train'].items() if n == 0]
     if empty:
-      raise ValueError(f'No training images for class(es) {empty}: all were skipped, or their groups (or '
+      raise UserError(f'No training images for class(es) {empty}: all were skipped, or their groups (or '
                        'duplicates) all fell in other splits. Add images or groups for them.')
+    grouping = ('group_csv' if c.group_csv else 'group_regex' if c.group_regex else
+                f'group_by={c.group_by}' if c.group_by else '')
     self.info.metadata.update({
         'class_counts': counts, 'split_sizes': {s: sum(v.values()) for s, v in counts.items()},
         'skipped': skipped, 'num_skipped': len(skipped), 'moved_to_keep_duplicates_together': moved,
+        'conflicts': [{k: v for k, v in conflict.items() if k != 'indices'} for conflict in conflicts],
         'layout': 'given splits' if fixed is not None else 'class folders, split automatically',
+        'validation_carved': 'validation' not in tree, 'grouping': grouping,
+        'case_hint': '' if grouping else case_hint([str(entries[i][2].relative_to(root)) for i in keep]),
         'root': str(root)})
-    report(class_names, counts, skipped, moved)
+    report(class_names, counts, skipped, moved, conflicts)
     return {s: self._generate_examples(examples[s]) for s in splits.SPLITS}
 
   def _read_all(self, root: Path, paths: list[Path]):
     c = self.builder_config
 
     def read(path):
+      if not path.exists():
+        return None, 'broken symbolic link'
       if not images.is_candidate(path):
         return None, f'not an image (suffix {path.suffix or "none"} and no DICOM preamble)'
       try:
-        return images.load(path, c.image_size, c.channels), None
+        return images.load(path, c.image_size, c.channels, c.max_pixels), None
       except images.ImageError as e:
         return None, str(e).removeprefix(f'{path}: ')
 
+    results, started, shown = [], time.monotonic(), time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1))) as pool:
-      results = list(pool.map(read, paths))
+      for result in pool.map(read, paths):
+        results.append(result)
+        if time.monotonic() - shown > 5:
+          shown = time.monotonic()
+          logging.info('Reading %s: %d of %d files (%.0f%%), %.0f s.', root, len(results), len(paths),
+                       100 * len(results) / len(paths), shown - started)
     skipped = [{'file': str(p.relative_to(root)), 'reason': why} for p, (_, why) in zip(paths, results) if why]
     return [px for px, _ in results], skipped
 
@@ -223,7 +288,21 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       yield file, {'image': pixels, 'label': cls, 'file': file, 'group': group}
 
 
-def report(class_names, counts, skipped, moved) -> None:
+def label_conflicts(hashes: dict[int, str], classes: list[str], paths: list[Path], root: Path) -> list[dict]:
+  """Groups of identical images filed under different classes: {'files', 'classes', 'indices'} each."""
+  by_hash = collections.defaultdict(list)
+  for i, h in hashes.items():
+    by_hash[h].append(i)
+  out = []
+  for members in by_hash.values():
+    labels = sorted({classes[i] for i in members})
+    if len(labels) > 1:
+      out.append({'files': [str(paths[i].relative_to(root)) for i in members], 'classes': labels,
+                  'indices': members})
+  return out
+
+
+def report(class_names, counts, skipped, moved, conflicts=()) -> None:
   """Print the per-class, per-split counts and what was skipped: nothing disappears unreported."""
   width = max(len(n) for n in class_names + ['class'])
   lines = [f'{"class":<{width}} ' + ' '.join(f'{s:>10}' for s in splits.SPLITS)]
@@ -231,8 +310,12 @@ def report(class_names, counts, skipped, moved) -> None:
     lines.append(f'{name:<{width}} ' + ' '.join(f'{counts[s][name]:>10}' for s in splits.SPLITS))
   lines.append(f'{"total":<{width}} ' + ' '.join(f'{sum(counts[s].values()):>10}' for s in splits.SPLITS))
   if skipped:
-    lines.append(f'{len(skipped)} file(s) skipped: ' + '; '.join(f'{s["file"]} ({s["reason"]})' for s in skipped[:20])
-                 + (' ...' if len(skipped) > 20 else ''))
+    lines.append(f'{len(skipped)} file(s) skipped:')
+    lines += [f'  {s["file"]}: {s["reason"]}' for s in skipped]
   if moved:
     lines.append(f'{moved} image(s) moved out of their given split to stay with identical images / their group.')
-  print('Folder dataset:\n' + '\n'.join(lines), flush=True)
+  if conflicts:
+    lines.append(f'{sum(len(c["files"]) for c in conflicts)} image(s) left out of every split: the same image '
+                 'under different classes (label conflicts):')
+    lines += [f'  {" = ".join(c["files"])}' for c in conflicts]
+  logging.info('Folder dataset:\n%s', '\n'.join(lines))

@@ -12,18 +12,28 @@ Conversions, the same for training and prediction:
 - Colour images become greyscale (ITU-R 601 luma) for `channels=1`; greyscale images are repeated for
   `channels=3`.
 - Finally each image is fitted inside a `size` x `size` square, aspect ratio kept, centred on black padding.
+
+Nothing is changed or dropped silently: an image larger than `max_pixels` (width x height) is refused before it
+is decoded, an image holding NaN or infinite values is refused (min-max scaling would turn it black), and
+`walk_files` follows symbolic links to files and folders and reports broken ones. Each refusal names the file.
 """
+
+import os
 
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anatomy_jax.errors import UserError
+
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
+MAX_PIXELS = 100_000_000  # Default limit on width x height (config.folder.max_pixels).
+Image.MAX_IMAGE_PIXELS = None  # Our own limit applies (checked from the header, before decoding).
 DICOM_SUFFIXES = {'.dcm', '.dicom'}
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
   """A file that can't be used as an image; the message names the file and the reason."""
 
 
@@ -44,11 +54,40 @@ def is_candidate(path: Path) -> bool:
   return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
 
+def walk_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+  """Every file under `root` (hidden ones excluded), following symbolic links to files and folders (each real
+  folder once), and (path, reason) for each link that leads nowhere."""
+  found, broken, seen = [], [], set()
+  for top, dirs, names in os.walk(root, followlinks=True):
+    real = os.path.realpath(top)
+    if real in seen:  # A link back to a folder already walked: don't loop.
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    for name in sorted(names):
+      if name.startswith('.'):
+        continue
+      path = Path(top) / name
+      if path.is_file():
+        found.append(path)
+      elif path.is_symlink():
+        broken.append((path, 'broken symbolic link'))
+    for d in dirs:
+      if (Path(top) / d).is_symlink() and not (Path(top) / d).exists():
+        broken.append((Path(top) / d, 'broken symbolic link'))
+  return sorted(found), broken
+
+
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
-  """8-bit pixels kept; any other depth min-max scaled to 0-255 (a constant image becomes 0)."""
+  """8-bit pixels kept; any other depth min-max scaled to 0-255 (a constant image becomes 0). Non-finite
+  values are refused: they would make the whole image black."""
   if pixels.dtype == np.uint8:
     return pixels
   x = pixels.astype(np.float64)
+  bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+  if bad:
+    raise ImageError(f'{bad} non-finite pixel value(s) (NaN or infinity); fix or remove the image.')
   lo, hi = float(np.min(x)), float(np.max(x))
   if hi <= lo:
     return np.zeros(x.shape, np.uint8)
@@ -71,7 +110,13 @@ def _first(value) -> float:
     return float(value)
 
 
-def read_dicom(path: Path) -> np.ndarray:
+def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
+  if width * height > max_pixels:
+    raise ImageError(f'{path}: {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,} '
+                     '(config.folder.max_pixels); downsize the image or raise the limit.')
+
+
+def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """A DICOM file as uint8, HxW (greyscale) or HxWx3 (colour), following the conversions above."""
   import pydicom
   from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -82,6 +127,7 @@ def read_dicom(path: Path) -> np.ndarray:
   if 'PixelData' not in ds and 'FloatPixelData' not in ds and 'DoubleFloatPixelData' not in ds:
     kind = getattr(ds, 'Modality', '') or getattr(ds, 'SOPClassUID', 'unknown')
     raise ImageError(f'{path}: DICOM without pixel data (modality/class {kind}); it is not an image.')
+  _check_size(path, int(getattr(ds, 'Columns', 0) or 0), int(getattr(ds, 'Rows', 0) or 0), max_pixels)
   try:
     pixels = ds.pixel_array
   except Exception as e:
@@ -90,24 +136,29 @@ def read_dicom(path: Path) -> np.ndarray:
   samples = int(getattr(ds, 'SamplesPerPixel', 1) or 1)
   if frames > 1:
     pixels = pixels[frames // 2]
-  if samples > 1:  # Colour: pydicom gives RGB (YBR converted); keep 8 bits.
-    return to_uint8(pixels)
-  values = apply_modality_lut(pixels, ds).astype(np.float64)
-  if 'WindowCenter' in ds and 'WindowWidth' in ds:
-    out = dicom_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
-  elif 'VOILUTSequence' in ds:
-    out = to_uint8(apply_voi_lut(pixels, ds)).astype(np.float64)
-  else:
-    out = to_uint8(values).astype(np.float64)
+  try:
+    if samples > 1:  # Colour: pydicom gives RGB (YBR converted); keep 8 bits.
+      return to_uint8(pixels)
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    if 'WindowCenter' in ds and 'WindowWidth' in ds:
+      to_uint8(values)  # Refuses non-finite values before windowing hides them.
+      out = dicom_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
+    elif 'VOILUTSequence' in ds:
+      out = to_uint8(apply_voi_lut(pixels, ds)).astype(np.float64)
+    else:
+      out = to_uint8(values).astype(np.float64)
+  except ImageError as e:
+    raise ImageError(f'{path}: {e}') from None
   if str(getattr(ds, 'PhotometricInterpretation', '')).upper() == 'MONOCHROME1':
     out = 255.0 - out
   return np.round(out).astype(np.uint8)
 
 
-def read_raster(path: Path) -> np.ndarray:
+def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """A PNG/JPEG/BMP/TIFF file as uint8, HxW or HxWx3 (middle frame of multi-frame files)."""
   try:
     with Image.open(path) as im:
+      _check_size(path, im.size[0], im.size[1], max_pixels)
       frames = getattr(im, 'n_frames', 1)
       if frames > 1:
         im.seek(frames // 2)
@@ -117,19 +168,24 @@ def read_raster(path: Path) -> np.ndarray:
       if im.mode in ('RGBA', 'LA'):
         im = im.convert(im.mode[:-1])
       pixels = np.asarray(im)
+  except ImageError:
+    raise
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise ImageError(f'{path}: not a readable image ({e}).') from e
   if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) == 0:
     raise ImageError(f'{path}: unexpected image shape {pixels.shape}.')
   if pixels.dtype == bool:
     pixels = pixels.astype(np.uint8) * 255
-  return to_uint8(pixels)
+  try:
+    return to_uint8(pixels)
+  except ImageError as e:
+    raise ImageError(f'{path}: {e}') from None
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Any supported file as uint8, HxW or HxWx3."""
   path = Path(path)
-  return read_dicom(path) if is_dicom(path) else read_raster(path)
+  return read_dicom(path, max_pixels) if is_dicom(path) else read_raster(path, max_pixels)
 
 
 def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
@@ -162,6 +218,6 @@ def fit_square(pixels: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
-def load(path: str | Path, size: int, channels: int) -> np.ndarray:
+def load(path: str | Path, size: int, channels: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """A file as the (size, size, channels) uint8 array the datasets store and the networks are fed."""
-  return fit_square(to_channels(read_image(path), channels), size)
+  return fit_square(to_channels(read_image(path, max_pixels), channels), size)

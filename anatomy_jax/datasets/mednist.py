@@ -21,6 +21,7 @@ from absl import logging
 from PIL import Image
 
 from anatomy_jax.datasets import splits
+from anatomy_jax.errors import UserError
 
 URL = 'https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/MedNIST.tar.gz'
 MD5 = '0bc7306e7427e00ad1c5526a6677552d'
@@ -74,7 +75,7 @@ class MedNIST(tfds.core.GeneratorBasedBuilder):
       return cached
     where = f'not in manual_dir {self._manual}' if self._manual else 'no manual_dir given'
     if not self._allow_download:
-      raise FileNotFoundError(MISSING.format(reason=f'{where}; download disabled', url=URL))
+      raise UserError(MISSING.format(reason=f'{where}; download disabled', url=URL))
     try:
       download_dir.mkdir(parents=True, exist_ok=True)
       logging.info('Downloading %s to %s', URL, cached)
@@ -86,14 +87,14 @@ class MedNIST(tfds.core.GeneratorBasedBuilder):
         raise OSError(f'md5 of the download is {md5sum(tmp)}, expected {MD5}')
       os.replace(tmp, cached)
     except OSError as e:
-      raise FileNotFoundError(MISSING.format(reason=f'{where}; download failed: {e}', url=URL)) from e
+      raise UserError(MISSING.format(reason=f'{where}; download failed: {e}', url=URL)) from e
     return cached
 
   def _split_generators(self, dl_manager):
     source = self._source(Path(dl_manager.download_dir))
     items = list(read_source(source))
     if len(items) != NUM_IMAGES:
-      raise ValueError(f'{source} holds {len(items)} MedNIST images, expected {NUM_IMAGES}: the archive is '
+      raise UserError(f'{source} holds {len(items)} MedNIST images, expected {NUM_IMAGES}: the archive is '
                        f'incomplete or not MedNIST. Replace it with a fresh copy from {URL}.')
     hashes = [splits.content_hash(pixels) for _, _, pixels in items]
     assignment = splits.assign_splits([[h] for h in hashes], TEST_FRACTION, VAL_FRACTION)
@@ -126,9 +127,9 @@ def decode(data: bytes, name: str) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
       pixels = np.asarray(im.convert('L'))
   except Exception as e:  # PIL raises many types for bad files.
-    raise ValueError(f'{name} in the MedNIST source is not a readable image ({e}); the source is corrupt.') from e
+    raise UserError(f'{name} in the MedNIST source is not a readable image ({e}); the source is corrupt.') from e
   if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
-    raise ValueError(f'{name} is {pixels.shape[1]}x{pixels.shape[0]}, MedNIST images are 64x64.')
+    raise UserError(f'{name} is {pixels.shape[1]}x{pixels.shape[0]}, MedNIST images are 64x64.')
   return pixels
 
 
@@ -149,5 +150,5 @@ def read_source(source: Path) -> Iterator[tuple[str, str, np.ndarray]]:
             ('.jpeg', '.jpg')):
           yield f'{parts[-2]}/{parts[-1]}', parts[-2], decode(tar.extractfile(member).read(), member.name)
   except (tarfile.TarError, EOFError, OSError, Image.DecompressionBombError) as e:
-    raise ValueError(f'The MedNIST archive {source} is corrupt or truncated ({e}). Delete it and fetch a fresh '
+    raise UserError(f'The MedNIST archive {source} is corrupt or truncated ({e}). Delete it and fetch a fresh '
                      f'copy from {URL}.') from e

@@ -11,6 +11,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from anatomy_jax.errors import UserError
+
 SPLITS = ('train', 'validation', 'test')
 
 
@@ -55,7 +57,7 @@ def assign_splits(keys: Sequence[Sequence[str]], test_fraction: float, val_fract
   other items are assigned by hash. Items joined to a fixed item follow it.
   """
   if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1):
-    raise ValueError(f'Split fractions must lie in [0, 1): test={test_fraction}, validation={val_fraction}.')
+    raise UserError(f'Split fractions must lie in [0, 1): test={test_fraction}, validation={val_fraction}.')
   comp = connected_components(keys)
   rep_key, comp_fixed = {}, {}
   for i, c in enumerate(comp):
@@ -63,7 +65,7 @@ def assign_splits(keys: Sequence[Sequence[str]], test_fraction: float, val_fract
     rep_key[c] = min(rep_key.get(c, smallest), smallest)
     if fixed is not None and fixed[i] is not None:
       if comp_fixed.setdefault(c, fixed[i]) != fixed[i]:
-        raise ValueError(f'Item {i} is fixed to {fixed[i]!r} but shares an image or group with an item fixed to '
+        raise UserError(f'Item {i} is fixed to {fixed[i]!r} but shares an image or group with an item fixed to '
                          f'{comp_fixed[c]!r}: the given splits leak into each other.')
   out = []
   for c in comp:

@@ -10,19 +10,18 @@ DIR/learning_curve.png (test accuracy, mean +- std, against training images). Fi
 A fraction that leaves fewer images than one batch trains with a single batch of all of them.
 """
 
-import csv
-import sys
 from pathlib import Path
 
 import jax
 import matplotlib
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from anatomy_jax import cli, datasets, input_pipeline  # noqa: E402
+from anatomy_jax import cli, datasets, files, input_pipeline, models  # noqa: E402
+from anatomy_jax.errors import UserError  # noqa: E402
 from anatomy_jax.experiments import runner  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -31,21 +30,20 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags, defined only when run as a program (the module is also a library)."""
   flags.DEFINE_string('outdir', None, 'Where runs, tables and the plot go.')
-  flags.DEFINE_list('models', list(runner.MODELS), 'Networks.')
+  flags.DEFINE_list('models', list(models.MODELS), 'Networks.')
   flags.DEFINE_list('fractions', ['0.01', '0.02', '0.05', '0.1', '0.2', '0.5', '1'], 'Training-set fractions.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (initialisation, subset, data order).')
   flags.DEFINE_string('variant', '', 'Config variant for every run (e.g. tiny).')
   flags.DEFINE_multi_string('override', [], 'key=value applied to every run\'s config.')
 
 
-def run_learning_curve(outdir, models=runner.MODELS, fractions=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+def run_learning_curve(outdir, names=None, fractions=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
                        seeds=(0, 1, 2), variant='', overrides=()) -> list[dict]:
   outdir = Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
-  runner.enable_compilation_cache(outdir)
   runs = []
   labels = None
-  for model in models:
+  for model in names or list(models.MODELS):
     for fraction in fractions:
       for seed in seeds:
         config = runner.load_config(model, variant, list(overrides) + [f'train_fraction={float(fraction)}',
@@ -85,15 +83,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
 
 
 def write_outputs(runs: list[dict], outdir: Path) -> None:
-  with open(outdir / 'learning_curve_runs.csv', 'w', newline='') as f:
-    w = csv.DictWriter(f, list(runs[0]))
-    w.writeheader()
-    w.writerows(runs)
+  files.write_csv(outdir / 'learning_curve_runs.csv', runs, list(runs[0]))
   rows = aggregate(runs)
-  with open(outdir / 'learning_curve.csv', 'w', newline='') as f:
-    w = csv.DictWriter(f, list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
+  files.write_csv(outdir / 'learning_curve.csv', rows, list(rows[0]))
   fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
   for model in dict.fromkeys(r['model'] for r in rows):
     mine = [r for r in rows if r['model'] == model]
@@ -114,17 +106,14 @@ def write_outputs(runs: list[dict], outdir: Path) -> None:
 
 
 def main(argv):
-  cli.quiet_libraries()
-  del argv
-  try:
-    run_learning_curve(FLAGS.outdir, FLAGS.models, [float(f) for f in FLAGS.fractions],
-                       [int(s) for s in FLAGS.seeds], FLAGS.variant, FLAGS.override)
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
-    sys.exit(f'error: {e}')
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments {argv[1:]}; see --help.')
+  run_learning_curve(FLAGS.outdir, FLAGS.models, [float(f) for f in FLAGS.fractions], [int(s) for s in FLAGS.seeds],
+                     FLAGS.variant, FLAGS.override)
   print((Path(FLAGS.outdir) / 'learning_curve.csv').read_text())
 
 
 if __name__ == '__main__':
   define_flags()
   flags.mark_flag_as_required('outdir')
-  app.run(main)
+  cli.run(main, __doc__)

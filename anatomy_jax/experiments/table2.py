@@ -3,20 +3,20 @@
   python -m anatomy_jax.experiments.table2 --outdir=DIR [--models=lenet,alexnet,googlenet,proposed]
       [--variant=tiny] [--override=num_epochs=5 --override=train_fraction=0.1 ...]
 
-Each network trains in DIR/<model> with configs/<model>.py plus the overrides (the same for all), then its
+Each network (default: every registered one) trains in DIR/<model> with configs/<model>.py plus the overrides
+(the same for all), then its
 best-by-validation checkpoint is evaluated on the test split. Writes DIR/table2.csv and DIR/table2.md: runtime,
 validation loss and accuracy, test accuracy with its 95% interval, macro-F1, macro AUC, parameters and
 training images/s, next to the paper's runtime, losses and accuracies. Finished runs are not redone, so the
 command can be rerun after an interruption.
 """
 
-import csv
-import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from anatomy_jax import cli, evaluate, provenance
+from anatomy_jax import cli, evaluate, files, models, provenance
+from anatomy_jax.errors import UserError
 from anatomy_jax.experiments import runner
 
 FLAGS = flags.FLAGS
@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags, defined only when run as a program (the module is also a library)."""
   flags.DEFINE_string('outdir', None, 'Where runs and tables go.')
-  flags.DEFINE_list('models', list(runner.MODELS), 'Networks to compare.')
+  flags.DEFINE_list('models', list(models.MODELS), 'Networks to compare.')
   flags.DEFINE_string('variant', '', 'Config variant for every model (e.g. tiny).')
   flags.DEFINE_multi_string('override', [], 'key=value applied to every model\'s config.')
 
@@ -37,7 +37,7 @@ COLUMNS = ['model', 'runtime_s', 'val_loss', 'val_accuracy', 'test_accuracy', 't
 
 def row_for(model: str, workdir: Path, results: dict) -> dict:
   report = evaluate.run_evaluation(workdir, 'test')
-  paper = runner.PAPER_TABLE2[model]
+  paper = runner.PAPER_TABLE2.get(model, {})
   config = results['provenance']['config']
   images_seen = results['steps'] * config['batch_size']
   return {
@@ -47,63 +47,58 @@ def row_for(model: str, workdir: Path, results: dict) -> dict:
       'macro_f1': report['macro_f1'], 'macro_auc': report['macro_auc'], 'num_params': results['num_params'],
       'train_images_per_s': images_seen / max(results['train_seconds'], 1e-9),
       'epochs': config['num_epochs'], 'train_size': results['split_sizes']['train'],
-      'paper_runtime_s': paper['runtime_s'], 'paper_val_loss': paper['val_loss'],
-      'paper_val_accuracy': paper['val_accuracy'], 'paper_test_accuracy': paper['test_accuracy'],
+      'paper_runtime_s': paper.get('runtime_s'), 'paper_val_loss': paper.get('val_loss'),
+      'paper_val_accuracy': paper.get('val_accuracy'), 'paper_test_accuracy': paper.get('test_accuracy'),
   }
 
 
 def write_tables(rows: list[dict], outdir: Path, note: str = '') -> tuple[Path, Path]:
   csv_path, md_path = outdir / 'table2.csv', outdir / 'table2.md'
-  with open(csv_path, 'w', newline='') as f:
-    w = csv.DictWriter(f, COLUMNS)
-    w.writeheader()
-    w.writerows(rows)
+  files.write_csv(csv_path, rows, COLUMNS)
   lines = ['| model | runtime (s) | val loss | val acc (%) | test acc (%) [95% CI] | macro-F1 | AUC | params | '
            'train img/s | paper: runtime (s) / val loss / val acc / test acc |',
            '|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
+    paper = ' / '.join('—' if r[k] is None else str(r[k]) for k in ('paper_runtime_s', 'paper_val_loss',
+                                                                       'paper_val_accuracy', 'paper_test_accuracy'))
     lines.append(
         f'| {r["model"]} | {r["runtime_s"]:.0f} | {r["val_loss"]:.3f} | {r["val_accuracy"]:.2f} | '
         f'{r["test_accuracy"]:.2f} [{r["test_ci95_low"]:.2f}, {r["test_ci95_high"]:.2f}] | {r["macro_f1"]:.4f} | '
         f'{r["macro_auc"]:.4f} | {r["num_params"]:,} | {r["train_images_per_s"]:.0f} | '
-        f'{r["paper_runtime_s"]} / {r["paper_val_loss"]} / {r["paper_val_accuracy"]} / {r["paper_test_accuracy"]} |')
+        f'{paper} |')
   if note:
     lines += ['', note]
-  md_path.write_text('\n'.join(lines) + '\n')
+  files.write_text(md_path, '\n'.join(lines) + '\n')
   return csv_path, md_path
 
 
-def run_table2(outdir, models=runner.MODELS, variant='', overrides=()) -> list[dict]:
+def run_table2(outdir, names=None, variant='', overrides=()) -> list[dict]:
   outdir = Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
-  runner.enable_compilation_cache(outdir)
   rows = []
-  for model in models:
-    config = runner.load_config(model, variant, overrides)
-    workdir = outdir / model
-    logging.info('Table II: %s in %s', model, workdir)
-    results = runner.train_once(config, workdir)
-    rows.append(row_for(model, workdir, results))
   dev = provenance.devices()
   note = (f'Measured on {dev["device_count"]} x {dev["device_kind"]} ({dev["backend"]}; host CPU {dev["cpu"]}, '
           f'{dev["cpu_count"]} cores), code '
           f'{provenance.git_commit()[:12]}; overrides: {", ".join(overrides) or "none"}'
           f'{"; variant " + variant if variant else ""}.')
-  write_tables(rows, outdir, note)
+  for model in names or list(models.MODELS):
+    config = runner.load_config(model, variant, overrides)
+    workdir = outdir / model
+    logging.info('Table II: %s in %s', model, workdir)
+    results = runner.train_once(config, workdir)
+    rows.append(row_for(model, workdir, results))
+    write_tables(rows, outdir, note)  # After each network: a cut run keeps the rows it finished.
   return rows
 
 
 def main(argv):
-  cli.quiet_libraries()
-  del argv
-  try:
-    run_table2(FLAGS.outdir, FLAGS.models, FLAGS.variant, FLAGS.override)
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
-    sys.exit(f'error: {e}')
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments {argv[1:]}; see --help.')
+  run_table2(FLAGS.outdir, FLAGS.models, FLAGS.variant, FLAGS.override)
   print((Path(FLAGS.outdir) / 'table2.md').read_text())
 
 
 if __name__ == '__main__':
   define_flags()
   flags.mark_flag_as_required('outdir')
-  app.run(main)
+  cli.run(main, __doc__)

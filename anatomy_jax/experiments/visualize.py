@@ -8,21 +8,20 @@ input image: a file (read as the training data was) or the `--index`-th image of
 """
 
 import math
-import sys
 from pathlib import Path
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from anatomy_jax import cli, inference  # noqa: E402
+from anatomy_jax import cli, evaluate, inference  # noqa: E402
 from anatomy_jax.datasets import images as image_io  # noqa: E402
+from anatomy_jax.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -112,8 +111,7 @@ def visualize(workdir, image_path: str = '', index: int = 0, checkpoint: str = '
     if image_path:
       image = image_io.load(image_path, size, channels)
     else:
-      from anatomy_jax.evaluate import dataset_for
-      data, _ = dataset_for(run)
+      data, _ = evaluate.dataset_for(run)
       image = data.splits['test'].images[index]
   out = Path(workdir) / 'figures'
   out.mkdir(exist_ok=True)
@@ -126,16 +124,13 @@ def visualize(workdir, image_path: str = '', index: int = 0, checkpoint: str = '
 
 
 def main(argv):
-  cli.quiet_libraries()
-  del argv
-  try:
-    paths = visualize(FLAGS.workdir, FLAGS.image, FLAGS.index, FLAGS.checkpoint, FLAGS.max_maps)
-  except (ValueError, FileNotFoundError, image_io.ImageError) as e:
-    sys.exit(f'error: {e}')
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments {argv[1:]}; see --help.')
+  paths = visualize(FLAGS.workdir, FLAGS.image, FLAGS.index, FLAGS.checkpoint, FLAGS.max_maps)
   print('\n'.join(map(str, paths)))
 
 
 if __name__ == '__main__':
   define_flags()
   flags.mark_flag_as_required('workdir')
-  app.run(main)
+  cli.run(main, __doc__)

@@ -1,34 +1,16 @@
-"""The four networks of Khan & Yong (2017) and a registry that selects them by name.
+"""The networks of Khan & Yong (2017), registered by name (see `registry` for the contract they keep).
 
-`MODELS` maps a config's `model` name to its Flax module class; `get_model(name, **fields)` builds one and
-fails listing the valid names for an unknown one. Each class carries `input_size`, the square image side it is
-built for.
+`MODELS` maps a config's `model` name to its Flax module class; `build(config, num_classes)` makes the one a
+config asks for. Importing this package registers the four networks below; a new network registers itself with
+`@register('name')` in its own module, imported here.
 """
 
-from anatomy_jax.models.alexnet import AlexNet
-from anatomy_jax.models.googlenet import GoogLeNet
-from anatomy_jax.models.lenet import LeNet
-from anatomy_jax.models.proposed import ProposedCNN
+from anatomy_jax.models.registry import (DTYPES, MODELS, Network, build, get_model, get_model_class, loss_weights,
+                                         register, unregister)
+from anatomy_jax.models.lenet import LeNet  # noqa: E402  (each module registers its network)
+from anatomy_jax.models.alexnet import AlexNet  # noqa: E402
+from anatomy_jax.models.googlenet import GoogLeNet  # noqa: E402
+from anatomy_jax.models.proposed import ProposedCNN  # noqa: E402
 
-MODELS = {
-    'lenet': LeNet,
-    'alexnet': AlexNet,
-    'googlenet': GoogLeNet,
-    'proposed': ProposedCNN,
-}
-
-
-def get_model_class(name: str):
-  """The module class registered under `name`."""
-  try:
-    return MODELS[name]
-  except KeyError:
-    raise ValueError(f'Unknown model {name!r}; valid names: {", ".join(sorted(MODELS))}.') from None
-
-
-def get_model(name: str, **fields):
-  """Instantiate the registered model `name` with the given module fields (num_classes, dtype, ...)."""
-  return get_model_class(name)(**fields)
-
-
-__all__ = ['MODELS', 'AlexNet', 'GoogLeNet', 'LeNet', 'ProposedCNN', 'get_model', 'get_model_class']
+__all__ = ['DTYPES', 'MODELS', 'AlexNet', 'GoogLeNet', 'LeNet', 'Network', 'ProposedCNN', 'build', 'get_model',
+           'get_model_class', 'loss_weights', 'register', 'unregister']

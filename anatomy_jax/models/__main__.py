@@ -1,22 +1,25 @@
 """Print a network's per-layer output shapes and parameter counts.
 
-  python -m anatomy_jax.models proposed --num_classes 5 [--channels 3]
+  python -m anatomy_jax.models NAME [--num_classes=6] [--channels=1]
 """
 
-import argparse
+from absl import flags
 
+from anatomy_jax import cli
+from anatomy_jax.errors import UserError
 from anatomy_jax.models import MODELS, get_model
 from anatomy_jax.models.summary import format_summary
 
+FLAGS = flags.FLAGS
+flags.DEFINE_integer('num_classes', 6, 'Number of classes.')
+flags.DEFINE_integer('channels', 1, 'Input channels: 1 greyscale, 3 RGB.')
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m anatomy_jax.models', description=__doc__.splitlines()[0])
-  parser.add_argument('model', choices=sorted(MODELS))
-  parser.add_argument('--num_classes', type=int, default=6)
-  parser.add_argument('--channels', type=int, default=1, help='input channels: 1 greyscale, 3 RGB')
-  args = parser.parse_args(argv)
-  print(format_summary(get_model(args.model, num_classes=args.num_classes), args.channels))
+
+def main(argv):
+  if len(argv) != 2:
+    raise UserError(f'Name one network: {", ".join(MODELS)}.')
+  print(format_summary(get_model(argv[1], num_classes=FLAGS.num_classes), FLAGS.channels))
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, __doc__)

@@ -17,24 +17,21 @@
 Weights Gaussian std 0.01 (fc6, fc7: 0.005); biases 0 (conv1, conv3, fc8) or 0.1 (the rest).
 """
 
-from typing import Any
-
 import flax.linen as nn
-import jax.numpy as jnp
 
 from anatomy_jax.models import layers
+from anatomy_jax.models.registry import Network, register
 
 
-class AlexNet(nn.Module):
+@register('alexnet')
+class AlexNet(Network):
   """BVLC/DIGITS AlexNet with two-group conv2/4/5 and LRN after conv1 and conv2."""
-  num_classes: int
-  dtype: Any = jnp.float32
   dropout_rate: float = 0.5
 
   input_size = 227
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, example_keys=None):
     layers.check_input(x, self.input_size, 'AlexNet')
     conv = lambda *a, **kw: layers.CaffeConv(*a, kernel_init=layers.gaussian(0.01), dtype=self.dtype, **kw)
     x = x.astype(self.dtype)
@@ -48,5 +45,6 @@ class AlexNet(nn.Module):
     x = layers.flatten(layers.max_pool(x, 3, 2))
     for name in ('fc6', 'fc7'):
       x = nn.relu(layers.dense(4096, layers.gaussian(0.005), 0.1, self.dtype, name=name)(x))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return layers.logits_f32(layers.dense(self.num_classes, layers.gaussian(0.01), 0.0, self.dtype, name='fc8')(x))
+      x = layers.Dropout(self.dropout_rate, name=f'{name}_dropout')(x, train=train, example_keys=example_keys)
+    logits = layers.dense(self.num_classes, layers.gaussian(0.01), 0.0, self.dtype, name='fc8')(x)
+    return {'logits': layers.logits_f32(logits)}

@@ -11,16 +11,18 @@
 Pooling rounds up as Caffe does (ceil mode), which is what gives 56/28/14/7. Each inception block is four
 branches concatenated: 1x1; 1x1 reduce -> 3x3 p1; 1x1 reduce -> 5x5 p2; max-pool 3/1 p1 -> 1x1 projection, all
 with ReLU. An auxiliary head is average-pool 5/3 -> conv 128@1x1 -> ReLU -> fc 1024 -> ReLU -> dropout 0.7 ->
-classifier; Caffe weights each head's loss by 0.3 in training and drops the heads in deployment.
+classifier; Caffe weights each head's loss by 0.3 in training and drops the heads in deployment (here they
+are kept in evaluation, for their accuracies; the answer is always the main classifier's).
 All weights Xavier; biases 0.2, except the three classifiers' (0).
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from anatomy_jax.models import layers
+from anatomy_jax.models.registry import Network, register
 
 # name: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection), from the Caffe definition.
 INCEPTION = {
@@ -34,6 +36,7 @@ INCEPTION = {
     '5a': (256, 160, 320, 32, 128, 128),
     '5b': (384, 192, 384, 48, 128, 128),
 }
+AUX_AFTER = {'4a': 'loss1', '4d': 'loss2'}  # Auxiliary classifiers after these blocks.
 
 
 class Inception(nn.Module):
@@ -61,46 +64,49 @@ class AuxHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, example_keys=None):
     x = layers.avg_pool(x, 5, 3)
     x = nn.relu(layers.CaffeConv(128, 1, bias=0.2, dtype=self.dtype, name='conv')(x))
     x = nn.relu(layers.dense(1024, bias=0.2, dtype=self.dtype, name='fc')(layers.flatten(x)))
-    x = nn.Dropout(0.7, deterministic=not train)(x)
+    x = layers.Dropout(0.7, name='dropout')(x, train=train, example_keys=example_keys)
     return layers.logits_f32(layers.dense(self.num_classes, dtype=self.dtype, name='classifier')(x))
 
 
-class GoogLeNet(nn.Module):
+@register('googlenet')
+class GoogLeNet(Network):
   """BVLC/DIGITS GoogLeNet with its two auxiliary heads.
 
-  `__call__(x, *, train, with_aux=None)`: returns the main logits, or, when `with_aux` (default: `train`), a
-  dict `{'logits', 'loss1', 'loss2'}` holding the main and the two auxiliary heads' logits. `init` with
-  `train=True` creates every parameter; evaluation can ask for the heads with `train=False, with_aux=True`.
+  `__call__(x, *, train)` returns `{'logits', 'loss1', 'loss2'}`: the main classifier's and the two auxiliary
+  heads' logits, in training and in evaluation (the paper reports the heads' validation accuracy too).
+  `aux_weight` is each head's weight in the training loss (Caffe: 0.3).
   """
-  num_classes: int
-  dtype: Any = jnp.float32
   dropout_rate: float = 0.4
+  aux_weight: float = 0.3
 
   input_size = 224
 
+  @property
+  def aux_heads(self):
+    return {'loss1': self.aux_weight, 'loss2': self.aux_weight}
+
   @nn.compact
-  def __call__(self, x, *, train: bool, with_aux: Optional[bool] = None):
+  def __call__(self, x, *, train: bool, example_keys=None):
     layers.check_input(x, self.input_size, 'GoogLeNet')
-    with_aux = train if with_aux is None else with_aux
     x = x.astype(self.dtype)
     x = nn.relu(layers.CaffeConv(64, 7, stride=2, pad=3, bias=0.2, dtype=self.dtype, name='conv1_7x7_s2')(x))
     x = layers.lrn(layers.max_pool(x, 3, 2))
     x = nn.relu(layers.CaffeConv(64, 1, bias=0.2, dtype=self.dtype, name='conv2_3x3_reduce')(x))
     x = nn.relu(layers.CaffeConv(192, 3, pad=1, bias=0.2, dtype=self.dtype, name='conv2_3x3')(x))
     x = layers.max_pool(layers.lrn(x), 3, 2)
-    aux = {}
+    heads = {}
     for name, widths in INCEPTION.items():
       if name in ('4a', '5a'):
         x = layers.max_pool(x, 3, 2)
       x = Inception(widths, self.dtype, name=f'inception_{name}')(x)
-      head = {'4a': 'loss1', '4d': 'loss2'}.get(name)
-      if head and with_aux:
-        aux[head] = AuxHead(self.num_classes, self.dtype, name=head)(x, train=train)
+      head = AUX_AFTER.get(name)
+      if head:
+        heads[head] = AuxHead(self.num_classes, self.dtype, name=head)(x, train=train, example_keys=example_keys)
     x = layers.flatten(layers.avg_pool(x, 7, 1))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = layers.Dropout(self.dropout_rate, name='dropout')(x, train=train, example_keys=example_keys)
     logits = layers.logits_f32(layers.dense(self.num_classes, dtype=self.dtype, name='loss3_classifier')(x))
-    return {'logits': logits, **aux} if with_aux else logits
+    return {'logits': logits, **heads}

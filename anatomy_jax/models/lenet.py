@@ -14,24 +14,20 @@
 There is no ReLU after the convolutions, as in DIGITS' definition. All weights Xavier, biases 0.
 """
 
-from typing import Any
-
 import flax.linen as nn
-import jax.numpy as jnp
 
 from anatomy_jax.models import layers
+from anatomy_jax.models.registry import Network, register
 
 
-class LeNet(nn.Module):
-  """DIGITS' LeNet. `__call__(x, *, train)` maps NHWC 28x28 images to class logits."""
-  num_classes: int
-  dtype: Any = jnp.float32
-
+@register('lenet')
+class LeNet(Network):
+  """DIGITS' LeNet: NHWC 28x28 images to `{'logits'}`."""
   input_size = 28
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
-    del train  # No dropout in LeNet.
+  def __call__(self, x, *, train: bool, example_keys=None):
+    del train, example_keys  # No dropout in LeNet.
     layers.check_input(x, self.input_size, 'LeNet')
     x = x.astype(self.dtype)
     x = layers.CaffeConv(20, 5, dtype=self.dtype, name='conv1')(x)
@@ -39,4 +35,4 @@ class LeNet(nn.Module):
     x = layers.CaffeConv(50, 5, dtype=self.dtype, name='conv2')(x)
     x = layers.max_pool(x, 2, 2)
     x = nn.relu(layers.dense(500, dtype=self.dtype, name='ip1')(layers.flatten(x)))
-    return layers.logits_f32(layers.dense(self.num_classes, dtype=self.dtype, name='ip2')(x))
+    return {'logits': layers.logits_f32(layers.dense(self.num_classes, dtype=self.dtype, name='ip2')(x))}

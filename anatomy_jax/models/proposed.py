@@ -27,18 +27,15 @@ Shapes and parameters with the defaults (227x227xC input, K classes):
 Fillers as in the AlexNet layer each one replaces (Gaussian 0.01, fc5 0.005; biases 0 or 0.1).
 """
 
-from typing import Any
-
 import flax.linen as nn
-import jax.numpy as jnp
 
 from anatomy_jax.models import layers
+from anatomy_jax.models.registry import Network, register
 
 
-class ProposedCNN(nn.Module):
+@register('proposed')
+class ProposedCNN(Network):
   """The modified AlexNet of Khan & Yong (2017), with the text's open choices as fields (see module doc)."""
-  num_classes: int
-  dtype: Any = jnp.float32
   conv_padding: tuple[int, int, int] = (2, 1, 1)  # Padding of conv2, conv3, conv4.
   pool_after_conv2: bool = True  # Max-pool 3/2 between conv2 and conv3.
   relu_after_conv: bool = True  # ReLU after conv2-4 (conv1 always has one, as in AlexNet).
@@ -48,8 +45,8 @@ class ProposedCNN(nn.Module):
   input_size = 227
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
-    del train  # No dropout in the proposed CNN.
+  def __call__(self, x, *, train: bool, example_keys=None):
+    del train, example_keys  # No dropout in the proposed CNN.
     layers.check_input(x, self.input_size, 'ProposedCNN')
     conv = lambda *a, **kw: layers.CaffeConv(*a, kernel_init=layers.gaussian(0.01), dtype=self.dtype, **kw)
     act = nn.relu if self.relu_after_conv else (lambda y: y)
@@ -66,4 +63,5 @@ class ProposedCNN(nn.Module):
     x = act(conv(384, 3, stride=2, pad=p3, name='conv3')(x))
     x = act(conv(256, 3, stride=2, pad=p4, groups=groups, bias=0.1, name='conv4')(x))
     x = nn.relu(layers.dense(4096, layers.gaussian(0.005), 0.1, self.dtype, name='fc5')(layers.flatten(x)))
-    return layers.logits_f32(layers.dense(self.num_classes, layers.gaussian(0.01), 0.0, self.dtype, name='fc6')(x))
+    logits = layers.dense(self.num_classes, layers.gaussian(0.01), 0.0, self.dtype, name='fc6')(x)
+    return {'logits': layers.logits_f32(logits)}

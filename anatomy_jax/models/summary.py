@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anatomy_jax.models import layers
+
 
 def count_params(params) -> int:
   """Number of scalar parameters in a pytree."""
@@ -21,13 +23,12 @@ def layer_table(model, channels: int = 1, batch: int = 1, train: bool = True) ->
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     mdl = context.module
-    if context.method_name == '__call__' and len(mdl.path) == 1 and not isinstance(mdl, nn.Dropout):
+    if context.method_name == "__call__" and len(mdl.path) == 1 and not isinstance(mdl, (nn.Dropout, layers.Dropout)):
       outputs.append((mdl.name, tuple(out.shape)))
     return out
 
-  aux = {'with_aux': True} if 'loss1' in variables['params'] else {}
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=False, **aux), variables, x)
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
   rows = [(name, shape, count_params(variables['params'].get(name, {}))) for name, shape in outputs]
   return rows
 

@@ -1,16 +1,20 @@
-"""The four networks in PyTorch, for speed comparison only (torch is not a dependency of anatomy_jax).
+"""The registered networks in PyTorch, for speed comparison only (torch is not a dependency of anatomy_jax).
 
 Same layers as the Flax modules (Caffe's ceil-mode pooling, LRN, groups, GoogLeNet's aux heads), trained the
-way a PyTorch user would: eager mode, channels-last memory format, SGD with momentum, bfloat16 autocast when
-the config computes in bfloat16. `benchmark(config, ...)` times it like anatomy_jax.benchmark times the JAX step
-(synthetic batch already on the device, median of timed runs after warm-up).
+way a PyTorch user would: channels-last memory format, SGD with momentum, bfloat16 autocast when the config
+computes in bfloat16; run eagerly, or under `torch.compile`. `benchmark(config, ...)` times it like the JAX step
+(synthetic batch already on the device, median of timed runs after warm-up). `PEERS` names the networks that
+have a peer; any other is benchmarked without one.
 """
 
 import statistics
 import time
 
+MODES = ('eager', 'compile')
 
-def _build(name: str, num_classes: int, channels: int):
+
+def _layers(num_classes: int, channels: int):
+  """The PyTorch networks, built on demand (importing torch only here)."""
   import torch
   from torch import nn
 
@@ -67,35 +71,39 @@ def _build(name: str, num_classes: int, channels: int):
       return [self.head(x)] + aux
 
   relu = lambda: nn.ReLU(inplace=True)
-  if name == 'lenet':
-    return nn.Sequential(nn.Conv2d(channels, 20, 5), pool(2, 2), nn.Conv2d(20, 50, 5), pool(2, 2), nn.Flatten(),
-                         nn.Linear(800, 500), relu(), nn.Linear(500, num_classes))
-  if name == 'alexnet':
-    return nn.Sequential(
+  lenet = lambda: nn.Sequential(nn.Conv2d(channels, 20, 5), pool(2, 2), nn.Conv2d(20, 50, 5), pool(2, 2),
+                                nn.Flatten(), nn.Linear(800, 500), relu(), nn.Linear(500, num_classes))
+  alexnet = lambda: nn.Sequential(
         nn.Conv2d(channels, 96, 11, 4), relu(), lrn(), pool(3, 2), nn.Conv2d(96, 256, 5, padding=2, groups=2),
         relu(), lrn(), pool(3, 2), nn.Conv2d(256, 384, 3, padding=1), relu(),
         nn.Conv2d(384, 384, 3, padding=1, groups=2), relu(), nn.Conv2d(384, 256, 3, padding=1, groups=2), relu(),
         pool(3, 2), nn.Flatten(), nn.Linear(9216, 4096), relu(), nn.Dropout(0.5), nn.Linear(4096, 4096), relu(),
         nn.Dropout(0.5), nn.Linear(4096, num_classes))
-  if name == 'proposed':  # The default choices of anatomy_jax.models.ProposedCNN.
-    return nn.Sequential(
+  # The default choices of anatomy_jax.models.ProposedCNN.
+  proposed = lambda: nn.Sequential(
         nn.Conv2d(channels, 96, 11, 4), relu(), lrn(), pool(3, 2), nn.Conv2d(96, 256, 5, 2, 2), relu(),
         pool(3, 2), nn.Conv2d(256, 384, 3, 2, 1), relu(), nn.Conv2d(384, 256, 3, 2, 1), relu(), nn.Flatten(),
         nn.Linear(1024, 4096), relu(), nn.Linear(4096, num_classes))
-  if name == 'googlenet':
-    return GoogLeNet()
-  raise ValueError(f'No PyTorch peer for {name!r}.')
+  return {'lenet': lenet, 'alexnet': alexnet, 'googlenet': GoogLeNet, 'proposed': proposed}
 
 
-def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats: int = 5) -> dict:
-  """Training images/s of the PyTorch peer at the config's batch, size and precision; {'skipped': why} if no torch."""
+PEERS = ('lenet', 'alexnet', 'googlenet', 'proposed')  # The names `_layers` builds.
+
+
+def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats: int = 5,
+              mode: str = 'eager') -> dict:
+  """Training images/s of the PyTorch peer at the config's batch, size and precision, run eagerly or under
+  torch.compile; {'skipped': why} when torch is missing or the network has no peer."""
   try:
     import torch
   except ImportError:
     return {'skipped': 'torch is not installed'}
+  if config.model not in PEERS:
+    return {'skipped': f'no PyTorch peer for {config.model!r}'}
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  model = _build(config.model, num_classes, channels).to(device).to(memory_format=torch.channels_last)
+  model = _layers(num_classes, channels)[config.model]().to(device).to(memory_format=torch.channels_last)
   model.train()
+  step_model = torch.compile(model) if mode == 'compile' else model
   opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
   size, bs = config.crop_size, config.batch_size
   x = torch.randn(bs, channels, size, size, device=device).to(memory_format=torch.channels_last)
@@ -105,7 +113,7 @@ def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats:
   def run(n):
     for _ in range(n):
       with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        out = model(x)
+        out = step_model(x)
         outs = out if isinstance(out, list) else [out]
         loss = torch.nn.functional.cross_entropy(outs[0].float(), y)
         loss = loss + sum(0.3 * torch.nn.functional.cross_entropy(o.float(), y) for o in outs[1:])
@@ -115,7 +123,9 @@ def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats:
     if device == 'cuda':
       torch.cuda.synchronize()
 
-  run(min(steps, 3))
+  started = time.perf_counter()
+  run(min(steps, 3))  # Warm-up; under torch.compile, the compilation.
+  warmup_s = time.perf_counter() - started
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -124,4 +134,5 @@ def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats:
   med = statistics.median(times)
   return {'images_per_s': steps * bs / med, 'images_per_s_min': steps * bs / max(times),
           'images_per_s_max': steps * bs / min(times), 'median_s': med, 'device': device,
-          'torch_version': torch.__version__, 'autocast_bf16': bf16, 'channels_last': True}
+          'torch_version': torch.__version__, 'autocast_bf16': bf16, 'channels_last': True, 'mode': mode,
+          'warmup_s': warmup_s}

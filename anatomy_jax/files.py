@@ -1,0 +1,44 @@
+"""Writing result files so that a reader never sees half of one: write a sibling, then rename it over."""
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+  """Replace `path` with `text` atomically (a kill leaves the old file or the new one, never a torn one)."""
+  path = Path(path)
+  tmp = path.with_name(f'.{path.name}.tmp.{os.getpid()}')
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+  return path
+
+
+def write_json(path: str | Path, obj) -> Path:
+  return write_text(path, json.dumps(obj, indent=2) + '\n')
+
+
+def write_csv(path: str | Path, rows: list[dict], fields: list[str]) -> Path:
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fields, extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(rows)
+  return write_text(path, out.getvalue())
+
+
+def read_json(path: str | Path) -> dict | None:
+  """The JSON object in `path`, or None when it is missing, empty or torn (an unfinished result)."""
+  try:
+    text = Path(path).read_text()
+    return json.loads(text) if text.strip() else None
+  except (OSError, json.JSONDecodeError):
+    return None
