@@ -22,7 +22,7 @@ def run(module, *args, timeout=300):
 def test_main_help_lists_configs_variants_and_fields():
   out = run('anatomy_jax.main', '--help')
   assert out.returncode == 0, out.stderr[-2000:]
-  for text in ('--workdir', 'configs/lenet.py', 'configs/proposed.py', ':tiny', 'configs/default.py',
+  for text in ('--workdir', 'configs/lenet.py', 'configs/proposed.py', ':tiny', ':quick', 'configs/default.py',
                '--config.FIELD=VALUE'):
     assert text in out.stdout, text
 
@@ -42,7 +42,7 @@ def test_every_program_has_help_that_exits_zero(module):
      'error: --config=configs/nonexistent.py: no such config file. The configs: configs/alexnet.py, '
      'configs/googlenet.py, configs/lenet.py, configs/proposed.py'),
     (['--config=configs/proposed.py:tinny', '--workdir=W'],
-     "error: --config=configs/proposed.py:tinny: unknown config variant 'tinny'; valid: tiny."),
+     "error: --config=configs/proposed.py:tinny: unknown config variant 'tinny'; valid: quick, tiny."),
     (['--config=configs/proposed.py'], 'error: --workdir is required.'),
     (['--config=configs/lenet.py', '--workdir=W', '--config.num_epochs=abc'],
      "error: --config.num_epochs=abc: invalid literal for int() with base 10: 'abc'"),

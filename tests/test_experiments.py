@@ -55,7 +55,7 @@ def test_load_config_overrides_and_errors():
     runner.load_config('lenet', '', ['no_such=1'])
   with pytest.raises(ValueError, match='num_epoch.*did you mean num_epochs'):
     runner.load_config('lenet', '', ['num_epoch=1'])
-  with pytest.raises(ValueError, match="unknown config variant 'tinny'; valid: tiny"):
+  with pytest.raises(ValueError, match="unknown config variant 'tinny'; valid: quick, tiny"):
     runner.load_config('lenet', 'tinny')
   with pytest.raises(ValueError, match='Unknown model'):
     runner.load_config('vgg')
