@@ -192,7 +192,11 @@ class Checkpointer:
     """(tree, meta) of the newest good checkpoint in `which`, or None when it has none; see the module doc."""
     if which == 'best':
       return restore_best(self.best, self.latest, target, fingerprint, config)
-    return restore_newest(self.latest, target, fingerprint, config)
+    had = bool(self.latest.all_steps())
+    out = restore_newest(self.latest, target, fingerprint, config, none_good_ok=True)
+    if out is None and had and self.best.all_steps():  # Starting again: the old best belongs to the old run.
+      _set_aside(self.best, sorted(self.best.all_steps()), 'its run restarted from scratch')
+    return out
 
   def set_aside(self, step: int, reason: str) -> None:
     """Move latest/<step> out of the way (after a non-finite loss: the next run resumes from the one before)."""
@@ -232,11 +236,13 @@ def restore_step(manager, step: int, target, fingerprint=None, config=None, part
   return out['state'], meta
 
 
-def restore_newest(manager, target, fingerprint=None, config=None, partial: bool = False, set_aside: bool = True):
+def restore_newest(manager, target, fingerprint=None, config=None, partial: bool = False, set_aside: bool = True,
+                   none_good_ok: bool = False):
   """Try the manager's checkpoints newest first; report each that is damaged and fall back to the one before.
 
   Damaged checkpoints are moved to WORKDIR/checkpoints/corrupt/ (kept for inspection, out of the way of the
-  run that resumes). None when the manager has no checkpoint; an error when it has some and none is good.
+  run that resumes). None when the manager has no checkpoint, or (with `none_good_ok`: training, which then
+  starts from scratch) when none is good; otherwise an error when it has some and none is good.
   """
   failed = []
   for step in sorted(manager.all_steps(), reverse=True):
@@ -252,9 +258,13 @@ def restore_newest(manager, target, fingerprint=None, config=None, partial: bool
   if failed:
     if set_aside:
       _set_aside(manager, failed, 'damaged')
+    if none_good_ok:
+      logging.error('Every checkpoint in %s (%s) is damaged; they were moved to checkpoints/corrupt/. Starting '
+                    'again from scratch.', manager.directory, ', '.join(map(str, sorted(failed))))
+      return None
     raise UserError(f'Every checkpoint in {manager.directory} ({", ".join(map(str, sorted(failed)))}) is damaged '
-                    '(see above; they were moved to checkpoints/corrupt/). Rerun to start this run again from '
-                    'scratch, or restore the workdir from a backup.')
+                    '(see above; they were moved to checkpoints/corrupt/). Retrain, or restore the workdir from a '
+                    'backup.')
   return None
 
 

@@ -14,6 +14,7 @@ from one epoch to the next is an explicit value: the train state and a `Position
 accuracy and its step, training seconds, where the first parameters came from).
 """
 
+import collections
 import dataclasses
 import json
 import time
@@ -27,6 +28,8 @@ from anatomy_jax import (checkpoints, datasets, files, finetune, inference, inpu
                          records, settings, steps)
 from anatomy_jax.errors import Interrupted, NonFiniteLoss, UserError
 from anatomy_jax.run_setup import Setup, setup
+
+MAX_IN_FLIGHT = 2  # Dispatches queued ahead of the device: enough to keep it busy, few enough to stay current.
 from anatomy_jax.models import summary
 from anatomy_jax.progress import Watch
 
@@ -140,9 +143,13 @@ def train_epoch(s: Setup, ckpt, state, pos: Position, sums_host: dict | None, wa
   batches = (s.batch('train', order[a:b]) for a, b in plan)
   if not s.on_device and jax.process_count() == 1:
     batches = input_pipeline.prefetch(batches)
+  in_flight = collections.deque()
   for (a, b), batch in zip(plan, batches):
     started = time.monotonic()
     state, sums = dispatch(s, state, sums, batch, b - a)
+    in_flight.append(sums)
+    if len(in_flight) > MAX_IN_FLIGHT:  # Keep the host near the device, so time-based decisions are timely.
+      jax.block_until_ready(in_flight.popleft())
     step = epoch * spe + b
     checkpoints.fault_point('step')
     if not watch.started:

@@ -3,14 +3,14 @@
   python -m anatomy_jax.main --config=configs/proposed.py --workdir=workdirs/proposed
 
 Any field can be overridden on the command line, e.g. `--config.num_epochs=5`; an unknown field is an error.
-Every config takes two variants: `:quick` (1 epoch on 2% of the training images: see it work on a CPU in a few
+Every config takes two variants: `:quick` (2 epochs on 5% of the training images: see it work on a CPU in a few
 minutes) and `:tiny` (2 epochs of batch 8, for small test folders), e.g. `--config=configs/proposed.py:quick`.
 Fields are checked before anything is loaded (anatomy_jax/settings.py).
 """
 
 import ml_collections
 
-VARIANTS = {'quick': '1 epoch on 2% of the training images: a first run on a CPU in a few minutes',
+VARIANTS = {'quick': '2 epochs on 5% of the training images: a first run on a CPU in a few minutes',
             'tiny': '2 epochs of batch 8, progress every step: a smoke test for small folders'}
 
 
@@ -90,8 +90,8 @@ def variant(c, name: str):
   if name not in VARIANTS:
     raise ValueError(f'unknown config variant {name!r}; valid: {", ".join(VARIANTS)}')
   if name == 'quick':
-    c.num_epochs = 1
-    c.train_fraction = 0.02
+    c.num_epochs = 2
+    c.train_fraction = 0.05
     c.log_every_steps = 5
   else:
     c.num_epochs = 2

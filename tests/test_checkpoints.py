@@ -246,15 +246,18 @@ def test_non_finite_parameters_are_never_saved():
     checkpoints.checksums(bad, check_finite=True)
 
 
-def test_all_checkpoints_damaged_is_one_clear_line(base, tmp_path):
+def test_all_checkpoints_damaged_are_reported_set_aside_and_training_starts_again(base, tmp_path):
   workdir = copy_run(base, tmp_path)
   for f in (workdir / 'checkpoints').rglob('*'):
     if f.is_file() and '/d/' in str(f):
       f.write_bytes(f.read_bytes()[:10])
-  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2')
-  assert out.returncode == 1
-  last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: Every checkpoint in') and 'Rerun to start this run again from scratch' in last
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert re.search(r'Every checkpoint in \S+/latest \(2, 4, 5\) is damaged; they were moved', out.stderr)
+  assert 'Starting lenet from scratch' in out.stderr
+  # Orbax's background echoes of the failed reads do not bury the report.
   assert 'Traceback' not in out.stderr and 'Event loop is closed' not in out.stderr
-  again = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
-  assert again.returncode == 0 and 'from scratch' in again.stderr
+  assert sorted(p.name for p in (workdir / 'checkpoints' / 'corrupt').glob('latest_?')) == ['latest_2', 'latest_4',
+                                                                                            'latest_5']
+  again = json.loads((workdir / 'results.json').read_text())
+  assert again['test_accuracy'] == json.loads((base['run'] / 'results.json').read_text())['test_accuracy']

@@ -102,11 +102,14 @@ def benchmark(config, workdir: str = '/tmp/anatomy_jax_benchmark', steps_per_run
 
   def run_pipeline(n):  # As the training loop runs: new batches from the epoch's order, sums carried along.
     nonlocal state
-    sums = None
+    sums, in_flight = None, []
     for _ in range(n // k):
       start = next(cursor) * k % (len(order) - k + 1)
       batch = s.batch('train', order[start:start + k])
       state, sums = train.dispatch(s, state, sums, batch, k)
+      in_flight.append(sums)
+      if len(in_flight) > train.MAX_IN_FLIGHT:
+        jax.block_until_ready(in_flight.pop(0))
     jax.block_until_ready(sums)
 
   with phase('time the train step'):

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import tarfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -92,7 +93,13 @@ class MedNIST(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     source = self._source(Path(dl_manager.download_dir))
-    items = list(read_source(source))
+    items, started, shown = [], time.monotonic(), time.monotonic()
+    for item in read_source(source):
+      items.append(item)
+      if time.monotonic() - shown > 5:
+        shown = time.monotonic()
+        logging.info('Reading %s: %d of %d images (%.0f%%), %.0f s.', source.name, len(items), NUM_IMAGES,
+                     100 * len(items) / NUM_IMAGES, shown - started)
     if len(items) != NUM_IMAGES:
       raise UserError(f'{source} holds {len(items)} MedNIST images, expected {NUM_IMAGES}: the archive is '
                        f'incomplete or not MedNIST. Replace it with a fresh copy from {URL}.')
