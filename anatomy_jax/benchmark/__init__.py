@@ -39,6 +39,7 @@ class Phases:
 
   def __init__(self):
     self.seconds: dict[str, float] = {}
+    self.compiles: dict[str, dict] = {}
 
   @contextlib.contextmanager
   def __call__(self, name: str):
@@ -46,7 +47,7 @@ class Phases:
     mark, started = compilation.TALLY.snapshot(), time.perf_counter()
     yield
     self.seconds[name] = time.perf_counter() - started
-    compiled = compilation.TALLY.since(mark)
+    compiled = self.compiles[name] = compilation.TALLY.since(mark)
     extra = f' ({compilation.describe(compiled)})' if compiled['cache_hits'] or compiled['cache_misses'] else ''
     logging.info('[benchmark] %s: %.1f s%s', name, self.seconds[name], extra)
 
@@ -134,6 +135,8 @@ def benchmark(config, workdir: str = '/tmp/anatomy_jax_benchmark', steps_per_run
   result = {
       'model': config.model, 'dtype': config.dtype, 'batch_size': bs, 'parallelism': config.parallelism,
       'steps_per_dispatch': k, 'data_on_device': s.on_device, 'compile_s': compile_s, 'phases_s': phase.seconds,
+      'compile_from_cache': bool(phase.compiles['compile the train step']['cache_hits']
+                                 and not phase.compiles['compile the train step']['cache_misses']),
       'train_step': step, 'train_end_to_end': e2e,
       'end_to_end_over_step': e2e['images_per_s'] / step['images_per_s'], 'eval': evaluation,
       'flops_per_image': per_image, 'xla_flops_per_image': xla_flops / bs if xla_flops else None,
@@ -190,5 +193,5 @@ def markdown_table(records: list[dict]) -> str:
     rows.append(f'| {r["model"]} | {device} | {r["dtype"]} | {r["batch_size"]} | {r.get("steps_per_dispatch", 1)} | '
                 f'{r["train_step"]["images_per_s"]:.1f} | {r["train_end_to_end"]["images_per_s"]:.1f} '
                 f'({100 * r["end_to_end_over_step"]:.0f}%) | {r["eval"]["images_per_s"]:.1f} | {peer} | {ratio} | '
-                f'{r["compile_s"]:.1f} | {gflop} | {mfu} |')
+                f'{r["compile_s"]:.1f}{" (cache)" if r.get("compile_from_cache") else ""} | {gflop} | {mfu} |')
   return '\n'.join(rows)
