@@ -1,8 +1,8 @@
 """LeNet on MedNIST with DIGITS' settings (28x28 greyscale, pixels x 0.0125, batch 64, 30 epochs).
 
-  python -m anatomy_jax.main --config=configs/lenet.py --workdir=/tmp/lenet
+  python -m anatomy_jax.main --config=configs/lenet.py --workdir=workdirs/lenet
 
-Measured on a 2-core CPU: see the README's results table.
+Expected: 99.83% test accuracy on MedNIST (95% CI 99.69-99.91) in 6 minutes on a 2-core CPU (README).
 """
 
 from configs import default

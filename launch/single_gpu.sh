@@ -12,5 +12,5 @@ MANUAL_DIR=${MANUAL_DIR:-}
 shift $(( $# > 2 ? 2 : $# ))
 extra=()
 [ -n "$MANUAL_DIR" ] && extra+=("--config.manual_dir=$MANUAL_DIR")
-CUDA_VISIBLE_DEVICES=$GPU exec .venv/bin/python -m anatomy_jax.main --config="$CONFIG" --workdir="$WORKDIR" \
+CUDA_VISIBLE_DEVICES=$GPU exec "${PYTHON:-.venv/bin/python}" -m anatomy_jax.main --config="$CONFIG" --workdir="$WORKDIR" \
   "${extra[@]}" "$@"
