@@ -257,6 +257,7 @@ class Folder(tfds.core.GeneratorBasedBuilder):
         'case_hint': '' if grouping else case_hint([str(entries[i][2].relative_to(root)) for i in keep]),
         'root': str(root)})
     report(class_names, counts, skipped, moved, conflicts)
+    logging.info('Writing the dataset\'s files (%d images).', len(keep))
     return {s: self._generate_examples(examples[s]) for s in splits.SPLITS}
 
   def _read_all(self, root: Path, paths: list[Path]):

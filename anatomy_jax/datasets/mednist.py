@@ -100,6 +100,8 @@ class MedNIST(tfds.core.GeneratorBasedBuilder):
         shown = time.monotonic()
         logging.info('Reading %s: %d of %d images (%.0f%%), %.0f s.', source.name, len(items), NUM_IMAGES,
                      100 * len(items) / NUM_IMAGES, shown - started)
+    logging.info('Read %d images in %.0f s; splitting them by content and writing the dataset\'s files.', len(items),
+                 time.monotonic() - started)
     if len(items) != NUM_IMAGES:
       raise UserError(f'{source} holds {len(items)} MedNIST images, expected {NUM_IMAGES}: the archive is '
                        f'incomplete or not MedNIST. Replace it with a fresh copy from {URL}.')
