@@ -2,6 +2,7 @@
 bfloat16, jit."""
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -209,6 +210,29 @@ def test_dropout_changes_outputs_only_in_training(name, has_dropout):
   c, d = apply(x, jax.random.key(2), True), apply(x, jax.random.key(3), True)
   assert (not np.allclose(c, d)) == has_dropout
   assert (not np.allclose(a, c)) == has_dropout
+
+
+def test_keyed_dropout_rate_scaling_and_per_example_masks():
+  """The training path: each example's mask from its own key (and the layer), kept at 1 - rate, scaled."""
+
+  class Two(nn.Module):
+    @nn.compact
+    def __call__(self, x, example_keys):
+      return (layers.Dropout(0.5, name='a')(x, train=True, example_keys=example_keys),
+              layers.Dropout(0.5, name='b')(x, train=True, example_keys=example_keys))
+
+  x = jnp.ones((6, 4000))
+  keys = jax.random.split(jax.random.key(0), 6)
+  a, b = Two().apply({}, x, keys)
+  assert set(np.unique(np.asarray(a)).tolist()) == {0.0, 2.0}  # Kept values scaled by 1 / (1 - rate).
+  kept = np.asarray(a > 0).mean(axis=1)
+  assert np.all(np.abs(kept - 0.5) < 0.03), kept  # 4000 draws: 3 sigma is 0.024.
+  assert not np.array_equal(a[0], a[1])  # Examples get their own masks...
+  assert not np.array_equal(a, b)  # ...and so do layers.
+  # A mask depends on the example's key alone, not on the rest of the batch or its position in it.
+  order = np.array([3, 0])
+  a_swapped, _ = Two().apply({}, x[order], keys[order])
+  np.testing.assert_array_equal(a_swapped, a[order])
 
 
 @pytest.mark.parametrize('name', sorted(MODELS))
