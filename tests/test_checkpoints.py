@@ -124,9 +124,12 @@ def test_results_carry_provenance(base):
 
 # ----------------------------------------------------------------------------------------------- round two
 
+def array_files(checkpoint: Path) -> list[Path]:
+  return [f for f in (checkpoint / 'state').rglob('*') if f.is_file() and '/d/' in str(f)]
+
+
 def largest_array_file(checkpoint: Path) -> Path:
-  files = [f for f in (checkpoint / 'state').rglob('*') if f.is_file() and '/d/' in str(f)]
-  return max(files, key=lambda f: f.stat().st_size)
+  return max(array_files(checkpoint), key=lambda f: f.stat().st_size)
 
 
 def test_flipped_bytes_are_caught_and_the_checkpoint_before_used(base, tmp_path):
@@ -147,8 +150,11 @@ def test_flipped_bytes_are_caught_and_the_checkpoint_before_used(base, tmp_path)
 def test_damaged_best_checkpoint_falls_back_to_its_copy_in_latest(base, tmp_path):
   workdir = copy_run(base, tmp_path)
   best = next((workdir / 'checkpoints' / 'best').glob('[0-9]*'))
-  target = largest_array_file(best)
-  target.write_bytes(target.read_bytes()[:len(target.read_bytes()) // 2])
+  # evaluate reads the parameters only, and which of the large array files holds them (rather than the
+  # optimizer state) varies from save to save: damage every large one.
+  for target in array_files(best):
+    if target.stat().st_size > 100_000:
+      target.write_bytes(target.read_bytes()[:target.stat().st_size // 2])
   out = subprocess.run([sys.executable, '-m', 'anatomy_jax.evaluate', f'--workdir={workdir}'], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
