@@ -10,7 +10,7 @@ the same command, started again and again, each time with one fault:
 - `step:N:INT` / `step:N:TERM`: it sends itself SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) after the
   N-th step: it must save, say so in one line and exit with 130 / 143, without a traceback;
 - `flip`: before the next start, 4 KiB of random bytes overwrite the middle of the largest array file of the
-  newest checkpoint: the restart must notice (checksums), set it aside and resume from the one before.
+  newest checkpoint: the restart must notice (checksums, or a read error), set it aside and resume from the one before.
 
 When the faulted run finally completes, its final parameters must equal the reference's bit for bit, and its
 metrics.jsonl and results.json must hold the same numbers (wall-clock times aside). test_checkpoints.py runs a
