@@ -28,10 +28,10 @@ from anatomy_jax import (checkpoints, datasets, files, finetune, inference, inpu
                          records, settings, steps)
 from anatomy_jax.errors import Interrupted, NonFiniteLoss, UserError
 from anatomy_jax.run_setup import Setup, setup
-
-MAX_IN_FLIGHT = 2  # Dispatches queued ahead of the device: enough to keep it busy, few enough to stay current.
 from anatomy_jax.models import summary
 from anatomy_jax.progress import Watch
+
+MAX_IN_FLIGHT = 2  # Dispatches queued ahead of the device: enough to keep it busy, few enough to stay current.
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -133,6 +133,19 @@ def dispatches(s: Setup, first: int):
     start = end
 
 
+class InFlight:
+  """Dispatches queued ahead of the device, at most MAX_IN_FLIGHT: the host stays near the device, so that
+  time-based decisions (progress lines, checkpoints, stops) are timely."""
+
+  def __init__(self):
+    self.pending = collections.deque()
+
+  def add(self, result) -> None:
+    self.pending.append(result)
+    if len(self.pending) > MAX_IN_FLIGHT:
+      jax.block_until_ready(self.pending.popleft())
+
+
 def train_epoch(s: Setup, ckpt, state, pos: Position, sums_host: dict | None, watch: Watch, recorder):
   """The rest of the epoch `pos` is in: returns the state, the position and the epoch's metric sums (host)."""
   c, spe = s.config, s.steps_per_epoch
@@ -143,13 +156,11 @@ def train_epoch(s: Setup, ckpt, state, pos: Position, sums_host: dict | None, wa
   batches = (s.batch('train', order[a:b]) for a, b in plan)
   if not s.on_device and jax.process_count() == 1:
     batches = input_pipeline.prefetch(batches)
-  in_flight = collections.deque()
+  queued = InFlight()
   for (a, b), batch in zip(plan, batches):
     started = time.monotonic()
     state, sums = dispatch(s, state, sums, batch, b - a)
-    in_flight.append(sums)
-    if len(in_flight) > MAX_IN_FLIGHT:  # Keep the host near the device, so time-based decisions are timely.
-      jax.block_until_ready(in_flight.popleft())
+    queued.add(sums)
     step = epoch * spe + b
     checkpoints.fault_point('step')
     if not watch.started:

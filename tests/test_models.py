@@ -1,8 +1,8 @@
 """The networks: the registry's contract, shapes, exact parameter counts, LRN against references, dropout,
 bfloat16, jit."""
 
-import jax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -103,14 +103,12 @@ def benchmark(config, workdir: str = '/tmp/anatomy_jax_benchmark', steps_per_run
 
   def run_pipeline(n):  # As the training loop runs: new batches from the epoch's order, sums carried along.
     nonlocal state
-    sums, in_flight = None, []
+    sums, queued = None, train.InFlight()
     for _ in range(n // k):
       start = next(cursor) * k % (len(order) - k + 1)
       batch = s.batch('train', order[start:start + k])
       state, sums = train.dispatch(s, state, sums, batch, k)
-      in_flight.append(sums)
-      if len(in_flight) > train.MAX_IN_FLIGHT:
-        jax.block_until_ready(in_flight.pop(0))
+      queued.add(sums)
     jax.block_until_ready(sums)
 
   with phase('time the train step'):
@@ -132,11 +130,11 @@ def benchmark(config, workdir: str = '/tmp/anatomy_jax_benchmark', steps_per_run
   device = jax.devices()[0]
   peak = PEAK_FLOPS.get((device.device_kind, config.dtype))
   per_image = flops.training_flops(s.model, s.input_shape[-1])
+  step_compiles = phase.compiles['compile the train step']
   result = {
       'model': config.model, 'dtype': config.dtype, 'batch_size': bs, 'parallelism': config.parallelism,
       'steps_per_dispatch': k, 'data_on_device': s.on_device, 'compile_s': compile_s, 'phases_s': phase.seconds,
-      'compile_from_cache': bool(phase.compiles['compile the train step']['cache_hits']
-                                 and not phase.compiles['compile the train step']['cache_misses']),
+      'compile_from_cache': bool(step_compiles['cache_hits'] and not step_compiles['cache_misses']),
       'train_step': step, 'train_end_to_end': e2e,
       'end_to_end_over_step': e2e['images_per_s'] / step['images_per_s'], 'eval': evaluation,
       'flops_per_image': per_image, 'xla_flops_per_image': xla_flops / bs if xla_flops else None,

@@ -32,14 +32,13 @@ import hashlib
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from anatomy_jax.datasets import images, splits
+from anatomy_jax.datasets import images, reading, splits
 from anatomy_jax.errors import UserError
 
 SPLIT_DIRS = {'train': 'train', 'test': 'test', 'val': 'validation', 'validation': 'validation'}
@@ -273,14 +272,8 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       except images.ImageError as e:
         return None, str(e).removeprefix(f'{path}: ')
 
-    results, started, shown = [], time.monotonic(), time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1))) as pool:
-      for result in pool.map(read, paths):
-        results.append(result)
-        if time.monotonic() - shown > 5:
-          shown = time.monotonic()
-          logging.info('Reading %s: %d of %d files (%.0f%%), %.0f s.', root, len(results), len(paths),
-                       100 * len(results) / len(paths), shown - started)
+      results = list(reading.with_progress(pool.map(read, paths), len(paths), str(root), 'files'))
     skipped = [{'file': str(p.relative_to(root)), 'reason': why} for p, (_, why) in zip(paths, results) if why]
     return [px for px, _ in results], skipped
 

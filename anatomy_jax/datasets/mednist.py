@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from anatomy_jax.datasets import splits
+from anatomy_jax.datasets import reading, splits
 from anatomy_jax.errors import UserError
 
 URL = 'https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/MedNIST.tar.gz'
@@ -93,13 +93,8 @@ class MedNIST(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     source = self._source(Path(dl_manager.download_dir))
-    items, started, shown = [], time.monotonic(), time.monotonic()
-    for item in read_source(source):
-      items.append(item)
-      if time.monotonic() - shown > 5:
-        shown = time.monotonic()
-        logging.info('Reading %s: %d of %d images (%.0f%%), %.0f s.', source.name, len(items), NUM_IMAGES,
-                     100 * len(items) / NUM_IMAGES, shown - started)
+    started = time.monotonic()
+    items = list(reading.with_progress(read_source(source), NUM_IMAGES, source.name, 'images'))
     logging.info('Read %d images in %.0f s; splitting them by content and writing the dataset\'s files.', len(items),
                  time.monotonic() - started)
     if len(items) != NUM_IMAGES:
