@@ -5,7 +5,7 @@
 Any field can be overridden on the command line, e.g. `--config.num_epochs=5`; an unknown field is an error.
 Every config takes two variants: `:quick` (2 epochs on 5% of the training images: see it work on a CPU in a few
 minutes) and `:tiny` (2 epochs of batch 8, for small test folders), e.g. `--config=configs/proposed.py:quick`.
-Fields are checked before anything is loaded (anatomy_jax/settings.py).
+Fields are checked before anything is loaded (anatomy_jax/core/config.py).
 """
 
 import ml_collections
@@ -26,7 +26,7 @@ def get_config(variant_name: str = ''):
   c.manual_dir = ''  # Folder holding MedNIST.tar.gz (offline) or, for dataset=folder, the user's images.
   c.allow_download = True  # Download MedNIST when manual_dir does not hold it.
   c.train_fraction = 1.0  # Fraction of the training split used (stratified, fixed by seed): learning curves.
-  # Folder datasets (dataset=folder); see anatomy_jax/datasets/folder.py.
+  # Folder datasets (dataset=folder); see anatomy_jax/data/folder.py (cases: anatomy_jax/data/cases.py).
   c.folder = ml_collections.ConfigDict()
   c.folder.image_size = 256  # Stored square side: images are fitted inside it, aspect kept, padded.
   c.folder.channels = 1  # 1: greyscale (colour images converted), 3: RGB (greyscale images repeated).

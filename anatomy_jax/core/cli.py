@@ -1,7 +1,12 @@
 """What every command-line program shares: flag parsing with one-line errors, --help, quiet logs, exit codes.
 
-  cli.run(main, __doc__)      instead of absl's app.run(main)
+  cli.run(main, __doc__, required=('workdir',))       instead of absl's app.run(main)
 
+- `main()` takes no arguments; a program that takes positional arguments names them (`args='FILE ...'`) and
+  gets them as `main(args)`. Anything else left on the command line is refused in one line.
+- `required`: flags that must be given (checked here, after parsing: one line `error: --NAME is required.`).
+- `define_flags`: for modules that are also libraries, the function defining their flags, called only when the
+  module runs as a program.
 - `--help` (or -h) prints the program's docstring, its flags and, for programs with --config, the config files
   and their variants, then exits 0.
 - A bad flag, a missing config file, an unknown config field or variant: one line `error: ...`, exit status 2.
@@ -17,11 +22,12 @@ import os
 import sys
 import threading
 import warnings
+from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
-from anatomy_jax import settings
-from anatomy_jax.errors import Interrupted, UserError  # noqa: F401  (UserError: for the programs)
+from anatomy_jax.core import config as config_lib
+from anatomy_jax.core.errors import Interrupted, UserError
 
 FLAGS = flags.FLAGS
 USAGE_ERROR = 2
@@ -88,53 +94,62 @@ def _quiet_background_errors() -> None:
   sys.excepthook, threading.excepthook, sys.unraisablehook = on_exception, on_thread_exception, on_unraisable
 
 
-def _help_text(doc: str, argv0: str) -> str:
+def _help_text(doc: str, args: str | None) -> str:
   own = [f for f in FLAGS.get_key_flags_for_module(sys.modules['__main__'])] if '__main__' in sys.modules else []
-  lines = [doc.strip(), '', 'Flags:']
+  lines = [doc.strip(), ''] + ([f'Arguments: {args}', ''] if args else []) + ['Flags:']
   for flag in sorted(own, key=lambda f: f.name):
     default = '' if flag.default in (None, '', []) else f' (default: {flag.default_as_str})'
     lines.append(f'  --{flag.name}: {flag.help}{default}')
   lines.append('  --verbosity=1: also show the libraries\' INFO logs')
   if 'config' in FLAGS:
     lines += ['', 'Configs (--config=FILE, or FILE:VARIANT):']
-    lines += [f'  {path:24} {about}' for path, about in settings.available_configs()]
-    settings.make_importable(str(settings.CONFIGS / 'default.py'))
-    from configs import default
-    lines += ['Variants (any config):'] + [f'  :{name:23} {about}' for name, about in default.VARIANTS.items()]
+    lines += [f'  {path:24} {about}' for path, about in config_lib.available_configs()]
+    variants = config_lib.default_module().VARIANTS
+    lines += ['Variants (any config):'] + [f'  :{name:23} {about}' for name, about in variants.items()]
     lines += ['Fields: every config field, with a one-line comment, is in configs/default.py; override any with',
               '  --config.FIELD=VALUE (e.g. --config.num_epochs=3, --config.folder.image_size=64).']
   return '\n'.join(lines)
 
 
-def _parser(doc: str):
+def _usage_error(message: str) -> None:
+  print(f'error: {message}\nRun with --help for the flags and configs.', file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
+def _parser(doc: str, required: Sequence[str], args: str | None):
   def parse(argv):
     if any(a in ('--help', '-h', '-?', '--helpshort', '--helpfull') for a in argv[1:]):
-      print(_help_text(doc, argv[0]))
+      print(_help_text(doc, args))
       sys.exit(0)
-    for a in argv:
-      if a.startswith('--config='):
-        settings.make_importable(a.split('=', 1)[1])
+    try:
+      config_lib.check_command_line(argv)
+    except UserError as e:
+      _usage_error(str(e))
     try:
       rest = FLAGS(argv)
       if 'config' in FLAGS and FLAGS['config'].present:
         FLAGS.config.keys()  # A config file that failed to load raises on first use, not at parse time.
-      return rest
-    except Exception as e:  # absl and ml_collections raise several kinds; all are about the command line.
-      message = settings.explain_flag_error(e, argv)
-      required = next((f for f in ('workdir', 'config', 'outdir') if f'--{f} must have a value' in message), None)
-      if required:
-        message = f'--{required} is required.'
-      print(f'error: {message}\nRun with --help for the flags and configs.', file=sys.stderr)
-      sys.exit(USAGE_ERROR)
+    except Exception as e:  # What our own checks let through; absl and ml_collections raise several kinds.
+      _usage_error(config_lib.last_line(e))
+    for name in required:
+      if FLAGS[name].value is None:
+        _usage_error(f'--{name} is required.')
+    return rest
   return parse
 
 
-def run(main, doc: str) -> None:
-  """Run `main(argv)` as a program with the behaviour the module docstring describes."""
+def run(main: Callable, doc: str, *, required: Sequence[str] = (), args: str | None = None,
+        define_flags: Callable[[], None] | None = None) -> None:
+  """Run `main` as a program with the behaviour the module docstring describes."""
+  if define_flags is not None:
+    define_flags()
+
   def wrapped(argv):
     quiet_libraries(verbose=FLAGS['verbosity'].present and FLAGS.verbosity > 0)
     try:
-      return main(argv)
+      if args is None and len(argv) > 1:
+        refuse_arguments(argv[1:])
+      return main() if args is None else main(argv[1:])
     except Interrupted as e:
       _exit(str(e), e.exit_code)
     except KeyboardInterrupt:
@@ -142,7 +157,13 @@ def run(main, doc: str) -> None:
     except (UserError, OSError) as e:
       logging.debug('Traceback:', exc_info=True)
       _exit(f'error: {e}', 1)
-  app.run(wrapped, flags_parser=_parser(doc))
+  app.run(wrapped, flags_parser=_parser(doc, required, args))
+
+
+def refuse_arguments(args: Sequence[str]) -> None:
+  """The one error for positional arguments a program does not take."""
+  hint = ' Hyperparameters go in --config.FIELD=VALUE.' if 'config' in FLAGS else ''
+  raise UserError(f'Unexpected arguments {list(args)}; see --help.{hint}')
 
 
 def _exit(message: str, code: int) -> None:

@@ -1,4 +1,5 @@
-"""Progress while a dataset's source files are read (the long, otherwise silent part of preparing it)."""
+"""Logging how far a long loop got (reading a dataset's source files: the long, otherwise silent part of
+preparing it)."""
 
 import time
 from typing import Iterable, Iterator, TypeVar

@@ -1,10 +1,13 @@
-"""Writing result files so that a reader never sees half of one: write a sibling, then rename it over."""
+"""Writing result files so that a reader never sees half of one (write a sibling, then rename it over), and
+checking up front that a directory can be written."""
 
 import csv
 import io
 import json
 import os
 from pathlib import Path
+
+from anatomy_jax.core.errors import UserError
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -42,3 +45,16 @@ def read_json(path: str | Path) -> dict | None:
     return json.loads(text) if text.strip() else None
   except (OSError, json.JSONDecodeError):
     return None
+
+
+def check_writable(directory: str | Path, what: str = 'workdir', flag: str = '--workdir') -> None:
+  """Fail before any work when a directory can't be created or written."""
+  path = Path(directory)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f'.write_test.{os.getpid()}'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f'The {what} {directory} cannot be written ({e.strerror or e}). Choose a {flag} you can write '
+                    'to.') from e

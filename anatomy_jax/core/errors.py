@@ -1,7 +1,7 @@
 """Errors a person can act on.
 
 Anything raised as a `UserError` is about the user's input, config, data or environment, and its message says
-what to do; every entry point (`anatomy_jax.cli`) prints it as one line and exits with status 1, never with a
+what to do; every entry point (`anatomy_jax.core.cli`) prints it as one line and exits with status 1, never with a
 traceback. Anything else is a bug or a library failure and keeps its traceback.
 """
 

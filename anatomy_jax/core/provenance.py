@@ -13,7 +13,7 @@ PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tens
 
 def git_commit() -> str:
   """The checkout's commit, with '+dirty' when files differ from it; 'unknown' outside a git checkout."""
-  root = Path(__file__).resolve().parent.parent
+  root = Path(__file__).resolve().parents[2]
   try:
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
                             timeout=10).stdout.strip()
