@@ -2,11 +2,14 @@
 
 `MODELS` maps a config's `model` name to its Flax module class; `build(config, num_classes)` makes the one a
 config asks for. Importing this package registers the four networks below; a new network registers itself with
-`@register('name')` in its own module, imported here.
+`@register('name')` in its own module, imported here. `summary` looks at a network without running it: its
+variables' shapes, each layer's output, parameter counts.
 """
 
-from anatomy_jax.models.registry import (DTYPES, MODELS, Network, build, get_model, get_model_class, loss_weights,
-                                         register, unregister)
+MAY_IMPORT = ('core',)
+
+from anatomy_jax.models.registry import (DTYPES, MODELS, Network, build, get_model,  # noqa: E402
+                                         get_model_class, loss_weights, register, unregister)
 from anatomy_jax.models.lenet import LeNet  # noqa: E402  (each module registers its network)
 from anatomy_jax.models.alexnet import AlexNet  # noqa: E402
 from anatomy_jax.models.googlenet import GoogLeNet  # noqa: E402

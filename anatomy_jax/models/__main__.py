@@ -5,8 +5,8 @@
 
 from absl import flags
 
-from anatomy_jax import cli
-from anatomy_jax.errors import UserError
+from anatomy_jax.core import cli
+from anatomy_jax.core.errors import UserError
 from anatomy_jax.models import MODELS, get_model
 from anatomy_jax.models.summary import format_summary
 
@@ -15,11 +15,11 @@ flags.DEFINE_integer('num_classes', 6, 'Number of classes.')
 flags.DEFINE_integer('channels', 1, 'Input channels: 1 greyscale, 3 RGB.')
 
 
-def main(argv):
-  if len(argv) != 2:
+def main(args):
+  if len(args) != 1:
     raise UserError(f'Name one network: {", ".join(MODELS)}.')
-  print(format_summary(get_model(argv[1], num_classes=FLAGS.num_classes), FLAGS.channels))
+  print(format_summary(get_model(args[0], num_classes=FLAGS.num_classes), FLAGS.channels))
 
 
 if __name__ == '__main__':
-  cli.run(main, __doc__)
+  cli.run(main, __doc__, args='NAME')

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from anatomy_jax.errors import UserError
+from anatomy_jax.core.errors import UserError
 
 # Caffe's "xavier" filler: uniform in [-sqrt(3 / fan_in), +sqrt(3 / fan_in)], fan_in = in_channels/groups * kh * kw.
 # (The `std` that some prototxts give a xavier filler is ignored by Caffe, so it is ignored here too.)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
-from anatomy_jax.errors import UserError
+from anatomy_jax.core.errors import UserError
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
