@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anatomy_jax.errors import UserError
+from anatomy_jax.core.errors import UserError
 
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
 MAX_PIXELS = 100_000_000  # Default limit on width x height (config.folder.max_pixels).

@@ -11,10 +11,9 @@ stored at `image_size` x `image_size` (aspect kept, padded); originals are never
 content and, when given, by group (a CSV `path,group` or a regex on the relative path), so identical images and
 all images of one patient stay in one split. Class names are the sorted folder names.
 
-Cases: `group_by='subfolder'` makes the first sub-folder of a class folder the case (`<class>/<case>/<files>`);
-`group_by='filename'` takes the case from the file name without its trailing number (`pt012_slice07.png` ->
-`pt012_slice`); `group_csv` and `group_regex` say it explicitly. When none is given the build looks for such
-a pattern and the training run says which flag would keep each case in one split.
+Cases (patients, studies) are read as `cases.py` says, from `folder.group_by`, `group_csv` or `group_regex`;
+when none is given the build looks for a pattern and the training run says which option would keep each case in
+one split.
 
 Every file is used or reported by name, nothing is dropped or changed silently: files that are not images,
 corrupt or truncated images, DICOMs without pixel data, images above `max_pixels` or holding NaN values, and
@@ -26,23 +25,20 @@ class, or a class in test/val but not in train stop the build with a message nam
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from anatomy_jax.datasets import images, reading, splits
-from anatomy_jax.errors import UserError
-
-SPLIT_DIRS = {'train': 'train', 'test': 'test', 'val': 'validation', 'validation': 'validation'}
-GROUP_BY = ('', 'subfolder', 'filename')
+from anatomy_jax.core.errors import UserError
+from anatomy_jax.core.progress_log import with_progress
+from anatomy_jax.data import cases, images, splits
+from anatomy_jax.data.splits import SPLIT_DIRS
 
 
 @dataclasses.dataclass(eq=False)
@@ -59,10 +55,8 @@ class FolderConfig(tfds.core.BuilderConfig):
 
   @classmethod
   def from_config(cls, config) -> 'FolderConfig':
-    """The builder config for `config.manual_dir` and `config.folder`; its name pins the folder's contents."""
-    if not config.manual_dir:
-      raise UserError('dataset=folder needs the image folder: --config.manual_dir=PATH (PATH/<class>/<files>, '
-                       'or PATH/train/<class>/... and PATH/test/<class>/...).')
+    """The builder config for `config.manual_dir` and `config.folder` (their values checked by
+    `core.config.validate`); its name pins the folder's contents."""
     root = Path(config.manual_dir).expanduser().absolute()
     if not root.is_dir():
       raise UserError(f'The image folder {root} (config.manual_dir) does not exist.')
@@ -71,10 +65,6 @@ class FolderConfig(tfds.core.BuilderConfig):
                   group_csv=str(Path(f.group_csv).expanduser().absolute()) if f.group_csv else '',
                   group_regex=f.group_regex, group_by=f.get('group_by', ''), test_fraction=float(f.test_fraction),
                   val_fraction=float(f.val_fraction), max_pixels=int(f.get('max_pixels', images.MAX_PIXELS)))
-    if fields['channels'] not in (1, 3):
-      raise UserError(f'folder.channels must be 1 or 3, got {fields["channels"]}.')
-    if fields['group_by'] not in GROUP_BY:
-      raise UserError(f'folder.group_by={fields["group_by"]!r}: must be one of {", ".join(map(repr, GROUP_BY))}.')
     # The name hashes the options and the file listing (names, sizes, times): changed files, new build.
     found, broken = images.walk_files(root)
     listing = sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime)) for p in found)
@@ -125,67 +115,6 @@ def _class_files(directory: Path) -> dict[str, list[Path]]:
   return classes
 
 
-def read_groups(config: FolderConfig, root: Path, paths: list[Path]) -> list[str | None]:
-  """Each file's group from the CSV (`path,group`, path relative to the root or absolute) or the regex."""
-  rel = [str(p.relative_to(root)) for p in paths]
-  if config.group_csv:
-    csv_path = Path(config.group_csv)
-    if not csv_path.is_file():
-      raise UserError(f'folder.group_csv {csv_path} does not exist.')
-    table = {}
-    with open(csv_path, newline='') as f:
-      for row in csv.reader(f):
-        if len(row) < 2 or row[0].strip().lower() == 'path':
-          continue
-        p = Path(row[0].strip())
-        table[str(p.relative_to(root)) if p.is_absolute() else str(p)] = row[1].strip()
-    missing = [r for r in rel if r not in table]
-    if missing:
-      raise UserError(f'{len(missing)} image(s) have no group in {csv_path}, e.g. {missing[:3]}. List every '
-                       'image as path,group (paths relative to the image folder).')
-    return [table[r] for r in rel]
-  if config.group_by:
-    return [case_of(r, config.group_by) for r in rel]
-  if config.group_regex:
-    pattern = re.compile(config.group_regex)
-    out = []
-    for r in rel:
-      m = pattern.search(r)
-      if not m:
-        raise UserError(f'folder.group_regex {config.group_regex!r} does not match {r}.')
-      out.append(m.group(1) if m.groups() else m.group(0))
-    return out
-  return [None] * len(paths)
-
-
-def case_of(rel: str, group_by: str) -> str:
-  """The case an image belongs to, from its path relative to the image folder (see the module doc)."""
-  parts = Path(rel).parts
-  if parts[0].lower() in SPLIT_DIRS:
-    parts = parts[1:]
-  if group_by == 'subfolder':
-    return '/'.join(parts[:2]) if len(parts) > 2 else '/'.join(parts)  # <class>/<case>; loose files: their own.
-  stem = Path(parts[-1]).stem
-  return re.sub(r'[-_. ]*\d+$', '', stem) or stem
-
-
-def case_hint(rels: list[str]) -> str:
-  """'subfolder' or 'filename' when the paths look like they name cases: at least two cases per class, most
-  images sharing their case with others, and fewer cases than images. '' otherwise."""
-  if not rels:
-    return ''
-  classes = {Path(r).parts[1] if Path(r).parts[0].lower() in SPLIT_DIRS else Path(r).parts[0] for r in rels}
-  for group_by in ('subfolder', 'filename'):
-    if group_by == 'subfolder' and sum(len(Path(r).parts) - (Path(r).parts[0].lower() in SPLIT_DIRS) > 2
-                                       for r in rels) < 0.8 * len(rels):
-      continue
-    sizes = collections.Counter(case_of(r, group_by) for r in rels)
-    if (2 * len(classes) <= len(sizes) <= 0.7 * len(rels)
-        and sum(n for n in sizes.values() if n > 1) >= 0.8 * len(rels)):
-      return group_by
-  return ''
-
-
 class Folder(tfds.core.GeneratorBasedBuilder):
   """A user's class folders of PNG/JPEG/BMP/TIFF/DICOM images."""
 
@@ -215,7 +144,7 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     tree, class_names = scan(root)
     entries = [(split, cls, path) for split, classes in tree.items() for cls, paths in classes.items()
                for path in paths]
-    groups = read_groups(c, root, [p for _, _, p in entries])
+    groups = cases.read_groups(c, root, [p for _, _, p in entries])
     pixels, skipped = self._read_all(root, [p for _, _, p in entries])
     hashes = {i: splits.content_hash(px) for i, px in enumerate(pixels) if px is not None}
     conflicts = label_conflicts(hashes, [cls for _, cls, _ in entries], [p for _, _, p in entries], root)
@@ -253,7 +182,7 @@ class Folder(tfds.core.GeneratorBasedBuilder):
         'conflicts': [{k: v for k, v in conflict.items() if k != 'indices'} for conflict in conflicts],
         'layout': 'given splits' if fixed is not None else 'class folders, split automatically',
         'validation_carved': 'validation' not in tree, 'grouping': grouping,
-        'case_hint': '' if grouping else case_hint([str(entries[i][2].relative_to(root)) for i in keep]),
+        'case_hint': '' if grouping else cases.case_hint([str(entries[i][2].relative_to(root)) for i in keep]),
         'root': str(root)})
     report(class_names, counts, skipped, moved, conflicts)
     logging.info('Writing the dataset\'s files (%d images).', len(keep))
@@ -273,7 +202,7 @@ class Folder(tfds.core.GeneratorBasedBuilder):
         return None, str(e).removeprefix(f'{path}: ')
 
     with concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1))) as pool:
-      results = list(reading.with_progress(pool.map(read, paths), len(paths), str(root), 'files'))
+      results = list(with_progress(pool.map(read, paths), len(paths), str(root), 'files'))
     skipped = [{'file': str(p.relative_to(root)), 'reason': why} for p, (_, why) in zip(paths, results) if why]
     return [px for px, _ in results], skipped
 

@@ -11,9 +11,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from anatomy_jax.errors import UserError
+from anatomy_jax.core.errors import UserError
 
 SPLITS = ('train', 'validation', 'test')
+# A folder dataset's split folders (lower case) and the split each holds.
+SPLIT_DIRS = {'train': 'train', 'test': 'test', 'val': 'validation', 'validation': 'validation'}
 
 
 def content_hash(pixels: np.ndarray) -> str:

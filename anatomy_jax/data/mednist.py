@@ -21,8 +21,9 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from anatomy_jax.datasets import reading, splits
-from anatomy_jax.errors import UserError
+from anatomy_jax.core.progress_log import with_progress
+from anatomy_jax.data import splits
+from anatomy_jax.core.errors import UserError
 
 URL = 'https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/MedNIST.tar.gz'
 MD5 = '0bc7306e7427e00ad1c5526a6677552d'
@@ -94,7 +95,7 @@ class MedNIST(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     source = self._source(Path(dl_manager.download_dir))
     started = time.monotonic()
-    items = list(reading.with_progress(read_source(source), NUM_IMAGES, source.name, 'images'))
+    items = list(with_progress(read_source(source), NUM_IMAGES, source.name, 'images'))
     logging.info('Read %d images in %.0f s; splitting them by content and writing the dataset\'s files.', len(items),
                  time.monotonic() - started)
     if len(items) != NUM_IMAGES:

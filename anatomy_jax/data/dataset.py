@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from anatomy_jax.datasets import splits
-from anatomy_jax.errors import UserError
+from anatomy_jax.core.errors import UserError
+from anatomy_jax.data import splits
 
 
 @dataclasses.dataclass
@@ -64,12 +64,12 @@ class Dataset:
 
 
 def _mednist(config, data_dir):
-  from anatomy_jax.datasets.mednist import MedNIST
+  from anatomy_jax.data.mednist import MedNIST
   return MedNIST(data_dir=data_dir, manual_dir=config.manual_dir, allow_download=config.get('allow_download', True))
 
 
 def _folder(config, data_dir):
-  from anatomy_jax.datasets.folder import Folder, FolderConfig
+  from anatomy_jax.data.folder import Folder, FolderConfig
   return Folder(data_dir=data_dir, config=FolderConfig.from_config(config))
 
 
@@ -147,18 +147,3 @@ def load_dataset(config) -> Dataset:
   logging.info('Dataset %s: %s; classes %s', builder.name, {k: len(v) for k, v in data.items()},
                info.features['label'].names)
   return Dataset(builder.name, list(info.features['label'].names), data, metadata, groups)
-
-
-def split_notes(dataset: Dataset) -> list[str]:
-  """What a user should know about how validation was split off: a validation split carved from the training
-  images without case groups puts slices of one case on both sides, so its accuracy is optimistic."""
-  meta = dataset.metadata
-  if not meta.get('validation_carved') or meta.get('grouping'):
-    return []
-  hint = meta.get('case_hint')
-  fix = (f'the file paths look like they name cases: --config.folder.group_by={hint} keeps each case in one split'
-         if hint else 'if several images come from one patient or case, name the cases with '
-         '--config.folder.group_by=subfolder|filename, --config.folder.group_csv or --config.folder.group_regex')
-  return [f'Validation was carved from the training images by image content only, without case groups: images of '
-          f'one case can sit on both sides, and validation accuracy (and the choice of the best checkpoint) is then '
-          f'optimistic. To fix: {fix}, or give a val/ folder.']
