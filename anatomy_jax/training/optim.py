@@ -1,4 +1,5 @@
-"""Caffe's SGD solver as optax transforms, its learning-rate schedules, and per-part rates for fine-tuning."""
+"""Caffe's SGD solver as optax transforms, its learning-rate schedules (DIGITS' step-down, cosine, warm-up), and
+per-part rates for fine-tuning."""
 
 import math
 
@@ -6,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anatomy_jax.errors import UserError
 
 
 def is_bias(path) -> bool:
@@ -15,16 +15,14 @@ def is_bias(path) -> bool:
 
 def lr_schedule(config, total_steps: int, steps_per_epoch: int = 1) -> optax.Schedule:
   """DIGITS' step-down policy (lr x gamma every `lr_step_fraction` of the run's steps), or a cosine decay to 0;
-  either after `warmup_epochs` of linear warm-up from 0."""
+  either after `warmup_epochs` of linear warm-up from 0. (`config.lr_schedule` is checked by
+  `core.config.validate`.)"""
   warmup = int(round(config.get('warmup_epochs', 0.0) * steps_per_epoch))
-  kind = config.get('lr_schedule', 'step')
-  if kind == 'step':
+  if config.get('lr_schedule', 'step') == 'step':
     step_size = max(1, math.ceil(total_steps * config.lr_step_fraction))
     main = optax.exponential_decay(config.learning_rate, step_size, config.lr_gamma, staircase=True)
-  elif kind == 'cosine':
-    main = optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps - warmup))
   else:
-    raise UserError(f"config.lr_schedule={kind!r}: must be 'step' or 'cosine'.")
+    main = optax.cosine_decay_schedule(config.learning_rate, max(1, total_steps - warmup))
   if not warmup:
     return main
   ramp = optax.linear_schedule(0.0, config.learning_rate, warmup)

@@ -10,9 +10,14 @@ differences, never mistaken for damage), the structure (a changed optimizer or m
 such, with the config fields that differ), then the data itself against its checksums. A checkpoint that fails
 to load or to match its checksums is moved to WORKDIR/checkpoints/corrupt/ (reported by name) and the one
 before it used; for `best`, the same step in `latest` counts as a copy. Orbax writes into a temporary
-directory and renames it when complete, so a save cut short is never listed.
+directory and renames it when complete, so a save cut short is never listed. Everything about damage (what is
+checked, what is set aside and why, what is used instead) is in this file.
+
+`load_trained(workdir)` reads a run back without its optimizer: the parameters and mean image of its best (or
+latest) checkpoint, with its config and classes (evaluation, prediction, pictures, and fine-tuning's source).
 """
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -22,11 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from anatomy_jax.errors import NonFiniteLoss, UserError
+from anatomy_jax import models
+from anatomy_jax.core import config as config_lib
+from anatomy_jax.core.errors import NonFiniteLoss, UserError
+from anatomy_jax.models import summary
 
 # Config fields whose change makes a checkpoint meaningless for the run (num_epochs may change: that extends it).
 FINGERPRINT_FIELDS = ('model', 'model_kwargs', 'dataset', 'batch_size', 'seed', 'train_fraction', 'image_size',
@@ -150,6 +159,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str | Path, keep: int = 3, create: bool = True):
     self.root = Path(workdir).absolute() / 'checkpoints'
+    self.faults = FaultInjection.from_environment()
     # Distinct barrier names: both managers may save the same step at once from several processes.
     opts = lambda name: dict(create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create,
                              multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
@@ -178,7 +188,11 @@ class Checkpointer:
       self.best.wait_until_finished()
     if step not in self.latest.all_steps():
       self.latest.save(step, args=args)
-    fault_point('save')
+    self.faults.point('save')
+
+  def fault_point(self, name: str) -> None:
+    """The test hook (`FaultInjection`) at the point `name` of the run that owns these checkpoints."""
+    self.faults.point(name)
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -331,24 +345,82 @@ def read_meta(directory: str | Path) -> dict | None:
     manager.close()
 
 
+# ----------------------------------------------------------------------------------------------- a run read back
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A training run's parameters and mean image from one checkpoint, with what they need to be used."""
+  workdir: Path
+  config: ml_collections.ConfigDict
+  meta: dict
+  model: models.Network
+  params: Any
+  mean: np.ndarray
+  class_names: list[str]
+  image_shape: tuple[int, int, int]  # How the dataset stores images: (size, size, channels).
+
+  @property
+  def step(self) -> int:
+    return int(self.meta['step'])
+
+
+def load_trained(workdir: str | Path, which: str = 'best') -> Trained:
+  """Restore the parameters and mean image of the `best` (by validation accuracy) or `latest` checkpoint of a
+  training run, checked against their checksums, onto this machine's first device (whatever device layout the
+  run was saved from); no optimizer state, no training data."""
+  workdir = Path(workdir)
+  if which not in ('best', 'latest'):
+    raise UserError(f"checkpoint must be 'best' or 'latest', got {which!r}.")
+  directory = workdir / 'checkpoints' / which
+  if not directory.is_dir():
+    raise UserError(f'No checkpoints in {directory}: is {workdir} the --workdir of a training run?')
+  meta = read_meta(directory)
+  if meta is None:
+    raise UserError(f'No readable checkpoint in {directory}.')
+  config = config_lib.with_defaults(meta['config'])
+  class_names, image_shape = meta['fingerprint']['class_names'], tuple(meta['fingerprint']['image_shape'])
+  model = models.build(config, len(class_names))
+  abstract = {'state': {'params': summary.abstract_variables(
+                  model, (config.crop_size, config.crop_size, image_shape[-1]))['params']},
+              'mean': jax.ShapeDtypeStruct((config.image_size, config.image_size, image_shape[-1]), np.float32)}
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
+  with open_managers(workdir) as ckpt:
+    if which == 'best':
+      restored = restore_best(ckpt.best, ckpt.latest, target, partial=True)
+    else:
+      restored = restore_newest(ckpt.latest, target, partial=True)
+  if restored is None:
+    raise UserError(f'No checkpoint in {directory} could be restored.')
+  tree, meta = restored
+  return Trained(workdir, config, meta, model, tree['state']['params'], np.asarray(tree['mean']), list(class_names),
+                 image_shape)
+
+
 # ----------------------------------------------------------------------------------------------- workdir
 
-_fault_counts: dict[str, int] = {}
+class FaultInjection:
+  """The test hook that kills a run at a chosen point. ANATOMY_JAX_KILL_AT=NAME:N[:SIGNAL] sends this process
+  SIGNAL (default KILL; also INT, TERM) the Nth time it passes the point NAME ('save': just after a checkpoint
+  save started; 'step': after a training dispatch). Read once, when a run opens its checkpoints."""
 
+  def __init__(self, target: str = '', count: int = 0, signal_name: str = 'KILL'):
+    self.target, self.count, self.signal_name, self.passed = target, count, signal_name, 0
 
-def fault_point(name: str) -> None:
-  """Fault-injection hook for tests. ANATOMY_JAX_KILL_AT=NAME:N[:SIGNAL] sends this process SIGNAL (default
-  KILL; also INT, TERM) the Nth time it passes the point NAME ('save': just after a checkpoint save started;
-  'step': after a training step)."""
-  spec = os.environ.get('ANATOMY_JAX_KILL_AT')
-  if not spec:
-    return
-  target, _, rest = spec.partition(':')
-  count, _, sig = rest.partition(':')
-  if target == name:
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] == int(count):
-      os.kill(os.getpid(), getattr(signal, f'SIG{sig or "KILL"}'))
+  @classmethod
+  def from_environment(cls) -> 'FaultInjection':
+    spec = os.environ.get('ANATOMY_JAX_KILL_AT', '')
+    if not spec:
+      return cls()
+    target, _, rest = spec.partition(':')
+    count, _, sig = rest.partition(':')
+    return cls(target, int(count), sig or 'KILL')
+
+  def point(self, name: str) -> None:
+    if name == self.target:
+      self.passed += 1
+      if self.passed == self.count:
+        os.kill(os.getpid(), getattr(signal, f'SIG{self.signal_name}'))
 
 
 class WorkdirLock:
@@ -380,16 +452,3 @@ class WorkdirLock:
     if self._file is not None:
       fcntl.flock(self._file, fcntl.LOCK_UN)
       self._file.close()
-
-
-def check_writable(directory: str | Path, what: str = 'workdir', flag: str = '--workdir') -> None:
-  """Fail before any work when a directory can't be created or written."""
-  path = Path(directory)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f'.write_test.{os.getpid()}'
-    probe.write_text('ok')
-    probe.unlink()
-  except OSError as e:
-    raise UserError(f'The {what} {directory} cannot be written ({e.strerror or e}). Choose a {flag} you can write '
-                    'to.') from e

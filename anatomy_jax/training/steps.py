@@ -2,8 +2,10 @@
 one program, and evaluation's metric sums.
 
 Everything here is a function of arrays; `parallel` compiles these for one device, a mesh of devices or pmap,
-and `train` drives them. Heads come from the network's contract (`models.loss_weights`): `logits` and any
-auxiliary heads, each with its weight in the loss and its own accuracy.
+and `train` drives them. What a step reports are running sums (`metric_names`, `accumulate`); `means` turns
+sums into the loss and accuracies a person reads. Heads come from the network's contract
+(`models.loss_weights`): `logits` and any auxiliary heads, each with its weight in the loss and its own
+accuracy.
 """
 
 from typing import Any
@@ -161,7 +163,7 @@ def eval_step(params, batch, data, *, model, preprocess, axis_name=None):
   return metrics
 
 
-def summarize(sums: dict) -> dict:
+def means(sums: dict) -> dict:
   """Means from metric sums: loss, accuracy and each auxiliary head's accuracy."""
   n = max(sums['count'], 1.0)
   out = {'loss': sums['loss'] / n, 'accuracy': sums['correct'] / n}

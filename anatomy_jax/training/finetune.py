@@ -8,11 +8,11 @@ the parameters that differ.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from anatomy_jax import models
-from anatomy_jax.errors import UserError
+from anatomy_jax.core.errors import UserError
+from anatomy_jax.models import summary
 
 
 def _path(path) -> str:
@@ -20,10 +20,7 @@ def _path(path) -> str:
 
 
 def abstract_params(config, num_classes: int, input_shape) -> dict:
-  model = models.build(config, num_classes)
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
-  return jax.eval_shape(lambda x: model.init(rngs, x, train=True), x)['params']
+  return summary.abstract_variables(models.build(config, num_classes), input_shape)['params']
 
 
 def classifier_mask(config, num_classes: int, input_shape):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from anatomy_jax import plots
+from anatomy_jax.core import plots
 
 
 def epoch_record(epoch: int, step: int, train: dict, val: dict, learning_rate: float, seconds: float,
@@ -29,7 +29,7 @@ def epoch_record(epoch: int, step: int, train: dict, val: dict, learning_rate: f
   return record
 
 
-class Recorder:
+class History:
   """Appends epoch records to WORKDIR/metrics.jsonl and TensorBoard events to WORKDIR (process 0). On resume,
   records and events after the checkpoint are dropped first, so both agree with the checkpoint the run
   continues from."""
@@ -39,7 +39,7 @@ class Recorder:
     self.primary = jax.process_index() == 0
     self.events = None
     if self.primary:
-      truncate_records(self.path, first_epoch)
+      truncate(self.path, first_epoch)
       from tensorboardX import SummaryWriter
       self.events = SummaryWriter(logdir=str(workdir), purge_step=step or None, flush_secs=10)
 
@@ -68,7 +68,7 @@ class Recorder:
       self.events.close()
 
 
-def truncate_records(path: Path, epochs_done: int) -> None:
+def truncate(path: Path, epochs_done: int) -> None:
   """Keep metrics.jsonl consistent with the checkpoint: drop records of epochs after it, and torn lines."""
   if not path.exists():
     return
@@ -82,10 +82,10 @@ def truncate_records(path: Path, epochs_done: int) -> None:
   path.write_text(''.join(l + '\n' for l in keep))
 
 
-def read_records(path) -> list[dict]:
+def read(path) -> list[dict]:
   return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
 
 
 def plot_curves(workdir: Path, title: str) -> Path:
-  return plots.training_curves(read_records(Path(workdir) / 'metrics.jsonl'), Path(workdir) / 'training_curves.png',
+  return plots.training_curves(read(Path(workdir) / 'metrics.jsonl'), Path(workdir) / 'training_curves.png',
                                title)

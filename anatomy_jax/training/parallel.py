@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anatomy_jax.errors import UserError
+from anatomy_jax.core.errors import UserError
 
 DATA_AXIS = 'data'
 
@@ -129,6 +129,10 @@ class _Base:
   def to_host(tree):
     """A replicated value as NumPy, read from this process's first copy."""
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+  def host_floats(self, sums) -> dict:
+    """Replicated metric sums (a dict of scalars) as host floats."""
+    return {k: float(v) for k, v in self.to_host(self.first(sums)).items()}
 
   @staticmethod
   def agree(flags: np.ndarray) -> np.ndarray:
@@ -238,6 +242,14 @@ class PmapParallel(_Base):
 
 
 PARALLELISM = {'jit': JitParallel, 'pmap': PmapParallel}
+
+
+def steps_per_dispatch(config) -> int:
+  """Training steps per compiled call: the config's, or by default 1 on CPUs (the device is the bottleneck)
+  and 8 on accelerators (so that the host's per-step work never is)."""
+  if config.steps_per_dispatch:
+    return int(config.steps_per_dispatch)
+  return 1 if jax.default_backend() == 'cpu' else 8
 
 
 def get_parallel(name: str):

@@ -1,0 +1,65 @@
+"""The training progress line: `epoch 3/30 step 120/663 | loss 0.0123 acc 0.9967 | 1580.2 img/s | ETA 9m46s`.
+
+A line is due every `every_steps` steps, at the end of each epoch, and whenever `every_seconds` have passed
+since the last one, so a slow network still reports within seconds of its first step. The rate counts only the
+steps after the first dispatch finished (compilation excluded) and leaves out validation and checkpointing;
+until a step has finished, no rate is shown. (When a line is printed, and what else is decided then, is the
+training loop's business: `train.py`.)
+"""
+
+import time
+from typing import Callable
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+  return f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+class ProgressLine:
+  def __init__(self, *, total_steps: int, steps_per_epoch: int, num_epochs: int, batch_size: int,
+               every_steps: int, every_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    self.total_steps, self.steps_per_epoch, self.num_epochs = total_steps, steps_per_epoch, num_epochs
+    self.batch_size, self.every_steps, self.every_seconds, self.clock = batch_size, every_steps, every_seconds, clock
+    self.start = self.start_step = self.last = None
+
+  @property
+  def started(self) -> bool:
+    return self.start is not None
+
+  def begin(self, step: int) -> None:
+    """The first dispatch has finished at `step`: rates count from here."""
+    self.start = self.last = self.clock()
+    self.start_step = step
+
+  def due(self, step: int, last_of_epoch: bool = False) -> bool:
+    if self.start is None:
+      return False
+    if last_of_epoch or step % self.every_steps == 0:
+      return True
+    return step > self.start_step and self.clock() - self.last >= self.every_seconds
+
+  def exclude(self, seconds: float) -> None:
+    """Leave `seconds` of other work (validation, checkpointing) out of the rate."""
+    if self.start is not None:
+      self.start += seconds
+
+  def rate(self, step: int) -> float | None:
+    """Training images per second since `begin`, or None before a step has finished since."""
+    elapsed = self.clock() - self.start
+    done = step - self.start_step
+    return done * self.batch_size / elapsed if done > 0 and elapsed > 0 else None
+
+  def line(self, step: int, sums: dict) -> str:
+    """The line for `step`, given the epoch's running metric sums (host floats)."""
+    self.last = self.clock()
+    epoch, in_epoch = (step - 1) // self.steps_per_epoch, (step - 1) % self.steps_per_epoch + 1
+    text = (f'epoch {epoch + 1}/{self.num_epochs} step {in_epoch}/{self.steps_per_epoch} | '
+            f'loss {sums["loss"] / sums["count"]:.4f} acc {sums["correct"] / sums["count"]:.4f}')
+    rate = self.rate(step)
+    if rate:
+      eta = (self.total_steps - step) * self.batch_size / rate
+      text += f' | {rate:.1f} img/s | ETA {format_duration(eta)}'
+    return text
