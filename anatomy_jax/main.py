@@ -11,7 +11,8 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from anatomy_jax import cli, parallel, train
+from anatomy_jax.core import cli
+from anatomy_jax.training import parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/MODEL.py, or configs/MODEL.py:tiny).',
@@ -20,12 +21,9 @@ flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics.jsonl and resul
 flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 (else auto-detected).')
 flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes (else auto-detected).')
 flags.DEFINE_integer('process_id', -1, 'Multi-process: this process\'s index (else auto-detected).')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise cli.UserError(f'Unexpected arguments: {argv[1:]}. Hyperparameters go in --config.FIELD=VALUE.')
+def main():
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info('JAX %s on %s: process %d of %d, %d local / %d global devices.', jax.__version__,
                jax.devices()[0].device_kind, jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -34,4 +32,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, __doc__)
+  cli.run(main, __doc__, required=('config', 'workdir'))

@@ -1,0 +1,110 @@
+"""Evaluating a trained run's checkpoint on a split of its dataset, or on a folder of labelled images
+(`python -m anatomy_jax.evaluate`; see that program for its flags and outputs).
+
+`run_evaluation(workdir, split)` writes eval_<split>.json (accuracy with a 95% Wilson interval, loss, per-class
+precision/recall/F1/AUC, macro-F1, macro one-vs-rest ROC AUC, confusion matrix; for networks with auxiliary
+heads, each head's accuracy too) and the confusion matrix as confusion_<split>.csv and .png. When the dataset
+knows each image's case, the report also gives the accuracy per case (majority vote); with `tta`, the figures
+for test-time augmentation under `tta`.
+"""
+
+import io
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from anatomy_jax import data as data_lib
+from anatomy_jax.core import files, plots
+from anatomy_jax.core.errors import UserError
+from anatomy_jax.evaluation import inference, scores
+
+
+def dataset_for(run: inference.Run, folder: str = '', data_dir: str | None = None, manual_dir: str | None = None):
+  """The run's dataset, or a folder dataset stored like it, and how its labels map onto the run's classes."""
+  config = run.config.copy_and_resolve_references()
+  if data_dir is not None:
+    config.data_dir = data_dir
+  if manual_dir is not None:
+    config.manual_dir = manual_dir
+  if folder:
+    config.dataset, config.manual_dir = 'folder', folder
+    config.folder.image_size, config.folder.channels = run.image_shape[0], run.image_shape[2]
+  data = data_lib.load_dataset(config)
+  unknown = [c for c in data.class_names if c not in run.class_names]
+  if unknown:
+    raise UserError(f'Class(es) {unknown} of {config.manual_dir} are not among the model\'s classes '
+                     f'{run.class_names}.')
+  mapping = np.array([run.class_names.index(c) for c in data.class_names], np.int32)
+  if data.image_shape != run.image_shape:
+    raise UserError(f'The dataset stores images as {data.image_shape}, the run was trained on {run.image_shape}.')
+  return data, mapping
+
+
+def evaluate(run: inference.Run, images: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
+             tta: bool = False) -> dict:
+  """The full report for every head of the network; per case when `groups` name each image's case; and, with
+  `tta`, the same for test-time augmentation under 'tta'."""
+  outs = run.predict(images)
+  report = scores.classification_report(outs['logits'], labels, run.class_names)
+  for head, logits in outs.items():
+    if head != 'logits':
+      report[f'{head}_accuracy'] = float((logits.argmax(-1) == labels).mean())
+  known = groups is not None and len(groups) and all(groups)
+  if known:
+    report['per_case'] = scores.case_report(scores.softmax(outs['logits']), labels, groups)
+  if tta:
+    probs = run.predict_tta(images)
+    report['tta'] = scores.classification_report(np.log(np.maximum(probs, 1e-30)), labels, run.class_names)
+    if known:
+      report['tta']['per_case'] = scores.case_report(probs, labels, groups)
+  return report
+
+
+def write_outputs(report: dict, class_names: list[str], out_dir: Path, name: str) -> dict[str, Path]:
+  paths = {'json': out_dir / f'eval_{name}.json', 'csv': out_dir / f'confusion_{name}.csv',
+           'png': out_dir / f'confusion_{name}.png'}
+  files.write_json(paths['json'], report)
+  text = io.StringIO()
+  w = csv.writer(text)
+  w.writerow(['true \\ predicted'] + class_names)
+  for name_, row in zip(class_names, report['confusion_matrix']):
+    w.writerow([name_] + row)
+  files.write_text(paths['csv'], text.getvalue())
+  plots.confusion_matrix(np.array(report['confusion_matrix']), class_names, paths['png'],
+                         title=f'{name}: accuracy {100 * report["accuracy"]:.2f}%')
+  return paths
+
+
+def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir=None, manual_dir=None,
+                   output_dir='', tta: bool = False) -> dict:
+  out_dir = Path(output_dir or workdir)
+  files.check_writable(out_dir, 'output directory', '--output_dir')
+  run = inference.load_run(workdir, checkpoint)
+  data, mapping = dataset_for(run, folder, data_dir, manual_dir)
+  names = list(data.splits) if split == 'all' else [split]
+  images = np.concatenate([data.splits[s].images for s in names])
+  labels = mapping[np.concatenate([data.splits[s].labels for s in names])]
+  groups = np.concatenate([data.groups[s] for s in names]) if data.groups else None
+  report = evaluate(run, images, labels, groups, tta)
+  report.update({'split': split, 'checkpoint': checkpoint, 'step': run.step, 'model': run.config.model,
+                 'dataset': folder or data.name})
+  name = f'{Path(folder).name}_{split}' if folder else split
+  paths = write_outputs(report, run.class_names, out_dir, name)
+  lo, hi = report['accuracy_ci95']
+  print(f'{run.config.model} step {run.step} on {report["dataset"]}/{split} ({report["num_examples"]} images): '
+        f'accuracy {100 * report["accuracy"]:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}), loss '
+        f'{report["loss"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, macro AUC {report["macro_auc"]:.4f}')
+  for key, value in report.items():
+    if key.endswith('_accuracy') and key != 'accuracy':
+      print(f'  {key[:-len("_accuracy")]} head accuracy {100 * value:.2f}%')
+  for name, part in (('', report), ('with test-time augmentation: ', report.get('tta'))):
+    if part and name:
+      lo, hi = part['accuracy_ci95']
+      print(f'  {name}accuracy {100 * part["accuracy"]:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f})')
+    if part and 'per_case' in part:
+      c = part['per_case']
+      print(f'  {name}per case ({c["num_cases"]} cases, majority vote): accuracy {100 * c["accuracy"]:.2f}% '
+            f'(95% CI {100 * c["accuracy_ci95"][0]:.2f}-{100 * c["accuracy_ci95"][1]:.2f})')
+  print(f'Wrote {paths["json"]}, {paths["csv"]}, {paths["png"]}')
+  return report
