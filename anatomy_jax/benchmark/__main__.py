@@ -13,14 +13,14 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
-from anatomy_jax import benchmark, cli, files
-from anatomy_jax.benchmark import torch_peer
-from anatomy_jax.errors import UserError
+from anatomy_jax.benchmark import speed, torch_peer
+from anatomy_jax.core import cli, files
+from anatomy_jax.core.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/MODEL.py, or configs/MODEL.py:tiny).',
                                 lock_config=True)
-flags.DEFINE_string('workdir', '/tmp/anatomy_jax_benchmark', 'Scratch directory (nothing is kept).')
+flags.DEFINE_string('workdir', '', 'Unused (nothing is written): accepted so that older command lines run.')
 flags.DEFINE_string('output', '', 'JSON file to write (default: print only).')
 flags.DEFINE_integer('steps', 20, 'Steps per timed run.')
 flags.DEFINE_integer('repeats', 5, 'Timed runs (after one warm-up run).')
@@ -28,23 +28,25 @@ flags.DEFINE_list('torch', [], f'Also time the PyTorch peer: any of {",".join(to
 flags.DEFINE_bool('table', False, 'Print a markdown table of the JSON files given as arguments, then exit.')
 
 
-def main(argv):
+def main(args):
   if FLAGS.table:
-    if len(argv) < 2:
+    if not args:
       raise UserError('--table needs benchmark JSON files as arguments.')
-    print(benchmark.markdown_table([json.loads(Path(f).read_text()) for f in argv[1:]]))
+    print(speed.markdown_table([json.loads(Path(f).read_text()) for f in args]))
     return
+  if args:
+    cli.refuse_arguments(args)
   if FLAGS.config is None:
     raise UserError('--config is required (e.g. --config=configs/proposed.py).')
   unknown = set(FLAGS.torch) - set(torch_peer.MODES)
   if unknown:
     raise UserError(f'--torch={",".join(FLAGS.torch)}: modes are {", ".join(torch_peer.MODES)}.')
-  r = benchmark.benchmark(FLAGS.config, FLAGS.workdir, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
-  print(benchmark.summary_line(r))
+  r = speed.benchmark(FLAGS.config, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
+  print(speed.summary_line(r))
   if FLAGS.output:
     files.write_json(FLAGS.output, r)
     logging.info('Wrote %s', FLAGS.output)
 
 
 if __name__ == '__main__':
-  cli.run(main, __doc__)
+  cli.run(main, __doc__, args='JSON ... (with --table)')

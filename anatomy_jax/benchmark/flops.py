@@ -12,29 +12,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anatomy_jax.models import layers
+from anatomy_jax.models import layers, summary
 
 
 def forward_flops(model, channels: int = 1) -> int:
   """FLOPs of one image's forward pass through `model` (evaluation mode, every head)."""
-  x = jax.ShapeDtypeStruct((1, model.input_size, model.input_size, channels), jnp.float32)
-  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
-  variables = jax.eval_shape(lambda x: model.init(rngs, x, train=True), x)
-  total = []
-
-  def count(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    mdl = context.module
-    if context.method_name == '__call__' and isinstance(mdl, layers.CaffeConv):
-      cin = args[0].shape[-1]
-      total.append(2 * int(np.prod(out.shape)) * mdl.kernel * mdl.kernel * cin // mdl.groups)
-    elif context.method_name == '__call__' and isinstance(mdl, nn.Dense):
-      total.append(2 * int(np.prod(args[0].shape)) * mdl.features)
-    return out
-
-  with nn.intercept_methods(count):
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  return int(sum(total))
+  shape = (model.input_size, model.input_size, channels)
+  x = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)
+  total = 0
+  for call in summary.layer_calls(model, summary.abstract_variables(model, shape), x):
+    m = call.module
+    if isinstance(m, layers.CaffeConv):
+      total += 2 * int(np.prod(call.output.shape)) * m.kernel * m.kernel * call.input.shape[-1] // m.groups
+    elif isinstance(m, nn.Dense):
+      total += 2 * int(np.prod(call.input.shape)) * m.features
+  return total
 
 
 def training_flops(model, channels: int = 1) -> int:

@@ -7,8 +7,7 @@ computes in bfloat16; run eagerly, or under `torch.compile`. `benchmark(config, 
 have a peer; any other is benchmarked without one.
 """
 
-import statistics
-import time
+from anatomy_jax.benchmark import timing
 
 MODES = ('eager', 'compile')
 
@@ -123,16 +122,6 @@ def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats:
     if device == 'cuda':
       torch.cuda.synchronize()
 
-  started = time.perf_counter()
-  run(min(steps, 3))  # Warm-up; under torch.compile, the compilation.
-  warmup_s = time.perf_counter() - started
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run(steps)
-    times.append(time.perf_counter() - start)
-  med = statistics.median(times)
-  return {'images_per_s': steps * bs / med, 'images_per_s_min': steps * bs / max(times),
-          'images_per_s_max': steps * bs / min(times), 'median_s': med, 'device': device,
-          'torch_version': torch.__version__, 'autocast_bf16': bf16, 'channels_last': True, 'mode': mode,
-          'warmup_s': warmup_s}
+  stats = timing.rates(timing.timed(run, steps, repeats), steps * bs)  # Warm-up: under torch.compile, compiling.
+  return {**stats, 'device': device, 'torch_version': torch.__version__, 'autocast_bf16': bf16,
+          'channels_last': True, 'mode': mode}
