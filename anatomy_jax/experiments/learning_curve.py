@@ -20,8 +20,10 @@ from absl import flags, logging
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from anatomy_jax import cli, datasets, files, input_pipeline, models  # noqa: E402
-from anatomy_jax.errors import UserError  # noqa: E402
+from anatomy_jax import data as data_lib  # noqa: E402
+from anatomy_jax import models  # noqa: E402
+from anatomy_jax.core import cli, files  # noqa: E402
+from anatomy_jax.data import pipeline  # noqa: E402
 from anatomy_jax.experiments import runner  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -49,8 +51,8 @@ def run_learning_curve(outdir, names=None, fractions=(0.01, 0.02, 0.05, 0.1, 0.2
         config = runner.load_config(model, variant, list(overrides) + [f'train_fraction={float(fraction)}',
                                                                        f'seed={int(seed)}'])
         if labels is None:
-          labels = datasets.load_dataset(config).splits['train'].labels
-        fit_batch(config, len(input_pipeline.subset(labels, config.train_fraction, config.seed)))
+          labels = data_lib.load_dataset(config).splits['train'].labels
+        fit_batch(config, len(pipeline.subset(labels, config.train_fraction, config.seed)))
         workdir = outdir / model / f'frac{float(fraction):g}_seed{int(seed)}'
         logging.info('Learning curve: %s, fraction %g, seed %d', model, fraction, seed)
         r = runner.train_once(config, workdir)
@@ -105,15 +107,11 @@ def write_outputs(runs: list[dict], outdir: Path) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'Unexpected arguments {argv[1:]}; see --help.')
+def main():
   run_learning_curve(FLAGS.outdir, FLAGS.models, [float(f) for f in FLAGS.fractions], [int(s) for s in FLAGS.seeds],
                      FLAGS.variant, FLAGS.override)
   print((Path(FLAGS.outdir) / 'learning_curve.csv').read_text())
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flag_as_required('outdir')
-  cli.run(main, __doc__)
+  cli.run(main, __doc__, define_flags=define_flags, required=('outdir',))

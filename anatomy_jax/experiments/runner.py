@@ -5,7 +5,10 @@ from pathlib import Path
 
 import ml_collections
 
-from anatomy_jax import files, models, settings, train
+from anatomy_jax import models
+from anatomy_jax.core import config as config_lib
+from anatomy_jax.core import files
+from anatomy_jax.training import train
 
 # Khan & Yong (2017), Table II (GTX 980M): runtime (s), validation loss, validation and test accuracy (%).
 PAPER_TABLE2 = {
@@ -17,7 +20,7 @@ PAPER_TABLE2 = {
 
 
 def config_file(model: str) -> Path | None:
-  path = settings.CONFIGS / f'{model}.py'
+  path = config_lib.CONFIGS / f'{model}.py'
   return path if path.is_file() else None
 
 
@@ -28,10 +31,10 @@ def load_config(model: str, variant: str = '', overrides=()) -> ml_collections.C
   cls = models.get_model_class(model)
   path = config_file(model)
   if path is not None:
-    return settings.load_config(f'{path}{":" + variant if variant else ""}', overrides)
+    return config_lib.load_config(f'{path}{":" + variant if variant else ""}', overrides)
   size = cls.input_size
   base = [f'model={model}', f'crop_size={size}', f'image_size={max(size, round(size * 256 / 227))}']
-  return settings.load_config(f'{settings.CONFIGS / "default.py"}{":" + variant if variant else ""}',
+  return config_lib.load_config(f'{config_lib.CONFIGS / "default.py"}{":" + variant if variant else ""}',
                               base + list(overrides))
 
 

@@ -18,8 +18,10 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image
 
-from anatomy_jax import cli, datasets, files, settings
-from anatomy_jax.errors import UserError
+from anatomy_jax import data as data_lib
+from anatomy_jax.core import cli, files
+from anatomy_jax.core import config as config_lib
+from anatomy_jax.core.errors import UserError
 
 FLAGS = flags.FLAGS
 SHIFTS = {'scale': (0.55, 0.9), 'rotation_degrees': 30, 'contrast': (0.5, 1.5), 'brightness': 40, 'noise_std': 8}
@@ -52,9 +54,9 @@ def harden(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def make(manual_dir: str, outdir: str, classes: list[str], train_per_class: int, test_per_class: int, seed: int,
          data_dir: str = '') -> dict:
-  config = settings.load_config(str(settings.CONFIGS / 'lenet.py'),
+  config = config_lib.load_config(str(config_lib.CONFIGS / 'lenet.py'),
                                 ['dataset=mednist', f'manual_dir={manual_dir}', f'data_dir={data_dir}'])
-  mednist = datasets.load_dataset(config)
+  mednist = data_lib.load_dataset(config)
   split = mednist.splits['test']
   unknown = set(classes) - set(mednist.class_names)
   if unknown:
@@ -85,14 +87,10 @@ def make(manual_dir: str, outdir: str, classes: list[str], train_per_class: int,
   return manifest
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'Unexpected arguments {argv[1:]}; see --help.')
+def main():
   make(FLAGS.manual_dir, FLAGS.outdir, FLAGS.classes, FLAGS.train_per_class, FLAGS.test_per_class, FLAGS.seed,
        FLAGS.data_dir)
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flag_as_required('outdir')
-  cli.run(main, __doc__)
+  cli.run(main, __doc__, define_flags=define_flags, required=('outdir',))

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from anatomy_jax import cli, evaluate, files, models, provenance
-from anatomy_jax.errors import UserError
+from anatomy_jax import models
+from anatomy_jax.core import cli, files, provenance
+from anatomy_jax.evaluation import report
 from anatomy_jax.experiments import runner
 
 FLAGS = flags.FLAGS
@@ -36,15 +37,15 @@ COLUMNS = ['model', 'runtime_s', 'val_loss', 'val_accuracy', 'test_accuracy', 't
 
 
 def row_for(model: str, workdir: Path, results: dict) -> dict:
-  report = evaluate.run_evaluation(workdir, 'test')
+  evaluation = report.run_evaluation(workdir, 'test')
   paper = runner.PAPER_TABLE2.get(model, {})
   config = results['provenance']['config']
   images_seen = results['steps'] * config['batch_size']
   return {
       'model': model, 'runtime_s': results['train_seconds'], 'val_loss': results['val_loss'],
-      'val_accuracy': 100 * results['val_accuracy'], 'test_accuracy': 100 * report['accuracy'],
-      'test_ci95_low': 100 * report['accuracy_ci95'][0], 'test_ci95_high': 100 * report['accuracy_ci95'][1],
-      'macro_f1': report['macro_f1'], 'macro_auc': report['macro_auc'], 'num_params': results['num_params'],
+      'val_accuracy': 100 * results['val_accuracy'], 'test_accuracy': 100 * evaluation['accuracy'],
+      'test_ci95_low': 100 * evaluation['accuracy_ci95'][0], 'test_ci95_high': 100 * evaluation['accuracy_ci95'][1],
+      'macro_f1': evaluation['macro_f1'], 'macro_auc': evaluation['macro_auc'], 'num_params': results['num_params'],
       'train_images_per_s': images_seen / max(results['train_seconds'], 1e-9),
       'epochs': config['num_epochs'], 'train_size': results['split_sizes']['train'],
       'paper_runtime_s': paper.get('runtime_s'), 'paper_val_loss': paper.get('val_loss'),
@@ -91,14 +92,10 @@ def run_table2(outdir, names=None, variant='', overrides=()) -> list[dict]:
   return rows
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'Unexpected arguments {argv[1:]}; see --help.')
+def main():
   run_table2(FLAGS.outdir, FLAGS.models, FLAGS.variant, FLAGS.override)
   print((Path(FLAGS.outdir) / 'table2.md').read_text())
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flag_as_required('outdir')
-  cli.run(main, __doc__)
+  cli.run(main, __doc__, define_flags=define_flags, required=('outdir',))

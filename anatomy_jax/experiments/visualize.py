@@ -10,7 +10,6 @@ input image: a file (read as the training data was) or the `--index`-th image of
 import math
 from pathlib import Path
 
-import flax.linen as nn
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
@@ -19,9 +18,10 @@ from absl import flags
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from anatomy_jax import cli, evaluate, inference  # noqa: E402
-from anatomy_jax.datasets import images as image_io  # noqa: E402
-from anatomy_jax.errors import UserError  # noqa: E402
+from anatomy_jax.core import cli  # noqa: E402
+from anatomy_jax.data import images as image_io  # noqa: E402
+from anatomy_jax.evaluation import inference, report  # noqa: E402
+from anatomy_jax.models import summary  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -71,18 +71,8 @@ def plot_filters(kernel: np.ndarray, out_path: Path, title: str) -> Path:
 def feature_maps(run: inference.Run, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
   """(layer, HxWxC activations) of each top-level convolution / inception block, in call order."""
   x = run.preprocess(jnp.asarray(image[None]), jnp.asarray(run.mean), None)
-  captured = []
-
-  def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    mdl = context.module
-    if context.method_name == '__call__' and len(mdl.path) == 1 and out.ndim == 4:
-      captured.append((mdl.name, np.asarray(out[0], np.float32)))
-    return out
-
-  with nn.intercept_methods(record):
-    run.model.apply({'params': run.params}, x, train=False)
-  return captured
+  calls = summary.layer_calls(run.model, {'params': run.params}, x, concrete=True)
+  return [(c.name, np.asarray(c.output[0], np.float32)) for c in calls if c.depth == 1 and c.output.ndim == 4]
 
 
 def plot_feature_maps(name: str, maps: np.ndarray, image: np.ndarray, out_path: Path, max_maps: int) -> Path:
@@ -111,7 +101,7 @@ def visualize(workdir, image_path: str = '', index: int = 0, checkpoint: str = '
     if image_path:
       image = image_io.load(image_path, size, channels)
     else:
-      data, _ = evaluate.dataset_for(run)
+      data, _ = report.dataset_for(run)
       image = data.splits['test'].images[index]
   out = Path(workdir) / 'figures'
   out.mkdir(exist_ok=True)
@@ -123,14 +113,10 @@ def visualize(workdir, image_path: str = '', index: int = 0, checkpoint: str = '
   return paths
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'Unexpected arguments {argv[1:]}; see --help.')
+def main():
   paths = visualize(FLAGS.workdir, FLAGS.image, FLAGS.index, FLAGS.checkpoint, FLAGS.max_maps)
   print('\n'.join(map(str, paths)))
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flag_as_required('workdir')
-  cli.run(main, __doc__)
+  cli.run(main, __doc__, define_flags=define_flags, required=('workdir',))
