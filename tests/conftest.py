@@ -1,6 +1,9 @@
-"""Shared test fixtures: small image folders made inside the tests, the real MedNIST archive when present."""
+"""Shared test fixtures: small image folders made inside the tests, the real MedNIST archive when present, and
+running a program or script as a person would."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +46,27 @@ def image_folder(tmp_path):
   return make_image_folder(tmp_path / 'images')
 
 
+def run_python(*argv, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+  """`python ARGV...` from the repository root, its output captured. `env`: variables to set on top of this
+  process's environment (None as a value removes one)."""
+  environment = dict(os.environ)
+  for key, value in (env or {}).items():
+    if value is None:
+      environment.pop(key, None)
+    else:
+      environment[key] = value
+  return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, env=environment)
+
+
+def run_program(module: str, *args, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+  """`python -m MODULE ARGS...` (e.g. anatomy_jax.main) from the repository root, its output captured."""
+  return run_python('-m', module, *args, env=env, timeout=timeout)
+
+
 def tiny_config(model: str, manual_dir, data_dir, **overrides):
   """The `:tiny` variant of `model`'s config on a folder dataset stored at 64x64, with overrides: through the
-  same parser as the command line (anatomy_jax.settings.load_config)."""
+  same parser as the command line (anatomy_jax.core.config.load_config)."""
   from anatomy_jax.experiments import runner
   fields = {'dataset': 'folder', 'manual_dir': str(manual_dir), 'data_dir': str(data_dir), 'folder.image_size': 64,
             'plots': True, **overrides}

@@ -19,9 +19,7 @@ short form; run this by hand for more faults.
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,22 +27,21 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / 'tests')]
+from conftest import make_image_folder, run_program  # noqa: E402
+
 EXIT_CODES = {None: -9, 'KILL': -9, 'INT': 130, 'TERM': 143}
 
 
 def command(images: Path, data_dir: Path, workdir: Path) -> list[str]:
-  return [sys.executable, '-m', 'anatomy_jax.main', '--config=configs/lenet.py:tiny', f'--workdir={workdir}',
+  """The arguments of `python -m anatomy_jax.main` for the run (reference or faulted) in `workdir`."""
+  return ['--config=configs/lenet.py:tiny', f'--workdir={workdir}',
           '--config.dataset=folder', f'--config.manual_dir={images}', f'--config.data_dir={data_dir}',
           '--config.folder.image_size=32', '--config.num_epochs=3', '--config.checkpoint_every_steps=2',
           '--config.plots=False']
 
 
 def run(cmd: list[str], fault: str | None = None) -> int:
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('ANATOMY_JAX_KILL_AT', None)
-  if fault:
-    env['ANATOMY_JAX_KILL_AT'] = fault
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  out = run_program('anatomy_jax.main', *cmd, env={'JAX_PLATFORMS': 'cpu', 'ANATOMY_JAX_KILL_AT': fault or None})
   signal_name = fault.split(':')[2] if fault and fault.count(':') == 2 else None
   expected = (0, EXIT_CODES[signal_name])
   if out.returncode not in expected:
@@ -73,7 +70,7 @@ def flip_bytes(workdir: Path, rng: random.Random) -> Path | None:
 
 
 def final_state(workdir: Path) -> dict:
-  from anatomy_jax import inference
+  from anatomy_jax.evaluation import inference
   import jax
   run_ = inference.load_run(workdir, 'latest')
   records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
@@ -99,7 +96,6 @@ def compare(a: dict, b: dict) -> list[str]:
 def inject(root: Path, faults: list[str], seed: int = 0) -> dict:
   """A reference run, then faulted runs through `faults`: each faulted run is restarted after every fault until
   it completes, is compared with the reference, and the next faults go to a fresh faulted run."""
-  from conftest import make_image_folder
   rng = random.Random(seed)
   images = make_image_folder(root / 'images', per_class=20)
   data_dir = root / 'tfds'

@@ -13,7 +13,7 @@ import sys
 from conftest import tiny_config
 from test_train import synthetic_dataset
 
-from anatomy_jax import parallel, train
+from anatomy_jax.training import parallel, train
 
 
 def main(parallelism: str, workdir: str, images: int = 38_400) -> None:

@@ -9,14 +9,14 @@ Same global batch, same seed. Used by test_parallel.py (in a subprocess, since t
 JAX starts).
 """
 
-import functools
 import json
 import sys
 
 import jax
 import numpy as np
 
-from anatomy_jax import input_pipeline, steps as steps_lib, train
+from anatomy_jax.data import pipeline
+from anatomy_jax.training import train
 from conftest import tiny_config
 from test_train import synthetic_dataset
 
@@ -27,27 +27,30 @@ def run(model: str, steps: int) -> dict:
   for mode in ('single', 'jit', 'pmap'):
     config = tiny_config(model, '', '', batch_size=8, eval_batch_size=8,
                          parallelism='jit' if mode == 'single' else mode)
-    s = train.setup(config, '/tmp/unused', dataset=dataset)
-    state = s.init_state()
-    order = input_pipeline.epoch_order(len(s.splits['train']), config.batch_size, config.seed, 0)
+    data, programs = train.build(config, dataset)
+    parallel = programs.parallel
+    state = programs.init()
+    order = pipeline.epoch_order(len(data.splits['train']), config.batch_size, config.seed, 0)
     if mode == 'single':  # The pure step, jitted with no shardings, everything on device 0.
       dev = jax.devices()[0]
-      state = jax.device_put(s.parallel.to_host(state), dev)
-      init = s.parallel.to_host(state.params)
-      data = jax.device_put(s.parallel.to_host(s.data['train']), dev)
-      step = jax.jit(functools.partial(steps_lib.train_step, model=s.model, tx=s.tx, preprocess=s.preprocess,
-                                       schedule=s.schedule))
+      state = jax.device_put(parallel.to_host(state), dev)
+      init = parallel.to_host(state.params)
+      arrays = jax.device_put(parallel.to_host(data.arrays['train']), dev)
+      step = jax.jit(programs.step)
       run_step = lambda state, i: step(state, jax.device_put(
-          {'idx': order[i], 'pos': np.arange(config.batch_size, dtype=np.int32)}, dev), data)
+          {'idx': order[i], 'pos': np.arange(config.batch_size, dtype=np.int32)}, dev), arrays)
     else:
-      # What training runs: the loop program, one step per dispatch.
-      run_step = lambda state, i: train.dispatch(s, state, None, s.batch('train', order[i:i + 1]), 1)
+      # What training runs: the loop program, one step per call.
+      def run_step(state, i):
+        for _, state, sums in train.dispatches(programs, data, state, programs.sums(), [(1, order[i:i + 1])]):
+          pass
+        return state, sums
     metrics = []
     for i in range(steps):
       state, m = run_step(state, i)
-      metrics.append({k: float(v) for k, v in s.parallel.to_host(s.parallel.first(m)).items()})
-    params = s.parallel.to_host(s.parallel.first(state.params) if mode == 'pmap' else state.params)
-    val = None if mode == 'single' else s.evaluate(state.params, 'validation')
+      metrics.append(parallel.host_floats(m))
+    params = parallel.to_host(parallel.first(state.params) if mode == 'pmap' else state.params)
+    val = None if mode == 'single' else train.evaluate(programs, data, state.params, 'validation')
     final[mode] = (params, metrics, val)
 
   max_abs_diff = lambda a, b: max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(

@@ -3,15 +3,13 @@ FLOP count against a hand count."""
 
 import json
 import math
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 
 from anatomy_jax import models
 from anatomy_jax.benchmark import flops
-from conftest import REPO
+from conftest import run_program
 
 
 def test_lenet_flops_against_a_hand_count():
@@ -37,11 +35,11 @@ def test_alexnet_flops_count_each_group_once():
 
 def test_benchmark_tiny_runs_and_writes_json(image_folder, tmp_path):
   out = tmp_path / 'bench.json'
-  proc = subprocess.run(
-      [sys.executable, '-m', 'anatomy_jax.benchmark', '--config=configs/proposed.py:tiny', '--config.dataset=folder',
-       f'--config.manual_dir={image_folder}', f'--config.data_dir={tmp_path / "tfds"}', '--config.folder.image_size=64',
-       '--config.steps_per_dispatch=2', f'--workdir={tmp_path / "wd"}', f'--output={out}', '--steps=2',
-       '--repeats=2', '--torch=eager'], cwd=REPO, capture_output=True, text=True, timeout=600)
+  proc = run_program(
+      'anatomy_jax.benchmark', '--config=configs/proposed.py:tiny', '--config.dataset=folder',
+      f'--config.manual_dir={image_folder}', f'--config.data_dir={tmp_path / "tfds"}', '--config.folder.image_size=64',
+      '--config.steps_per_dispatch=2', f'--workdir={tmp_path / "wd"}', f'--output={out}', '--steps=2',
+      '--repeats=2', '--torch=eager')
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(out.read_text())
   for key in ('train_step', 'train_end_to_end', 'eval'):
@@ -57,8 +55,7 @@ def test_benchmark_tiny_runs_and_writes_json(image_folder, tmp_path):
     assert f'[benchmark] {phase} ...' in proc.stderr and f'[benchmark] {phase}: ' in proc.stderr
   assert 'step' in proc.stdout and 'img/s' in proc.stdout
 
-  table = subprocess.run([sys.executable, '-m', 'anatomy_jax.benchmark', '--table', str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+  table = run_program('anatomy_jax.benchmark', '--table', out, timeout=120)
   assert table.returncode == 0, table.stderr[-3000:]
   row = table.stdout.strip().splitlines()[-1]
   assert row.startswith('| proposed |') and f'{r["train_step"]["images_per_s"]:.1f}' in row

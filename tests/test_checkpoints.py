@@ -1,10 +1,9 @@
 """Nothing lost: kills at any point resume exactly; bad checkpoints, bad numbers and bad setups are caught."""
 
+import functools
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from anatomy_jax import checkpoints
-from conftest import REPO, make_image_folder
+from anatomy_jax.training import checkpoints, train
+from conftest import REPO, make_image_folder, run_program
 
 
 @pytest.fixture(scope='module')
@@ -29,9 +28,7 @@ def base(tmp_path_factory):
   return {'root': root, 'args': args, 'run': root / 'run'}
 
 
-def main(*args, env=None):
-  return subprocess.run([sys.executable, '-m', 'anatomy_jax.main', *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=600, env=env)
+main = functools.partial(run_program, 'anatomy_jax.main')
 
 
 def copy_run(base, tmp_path):
@@ -173,8 +170,7 @@ def test_damaged_best_checkpoint_falls_back_to_its_copy_in_latest(base, tmp_path
   for target in array_files(best):
     if target.stat().st_size > 100_000:
       target.write_bytes(target.read_bytes()[:target.stat().st_size // 2])
-  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.evaluate', f'--workdir={workdir}'], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+  out = run_program('anatomy_jax.evaluate', f'--workdir={workdir}')
   assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
   assert f'Using its copy {workdir}/checkpoints/latest/{best.name}' in out.stderr
   report = json.loads((workdir / 'eval_test.json').read_text())
@@ -205,7 +201,7 @@ def test_changed_optimizer_is_a_changed_setup_not_damage(base, tmp_path):
 
 def test_ctrl_c_mid_epoch_saves_and_the_rerun_ends_identical(base, tmp_path):
   workdir = tmp_path / 'run'
-  env = dict(os.environ, ANATOMY_JAX_KILL_AT='step:3:INT')
+  env = {'ANATOMY_JAX_KILL_AT': 'step:3:INT'}
   args = [a for a in base['args'] if not a.startswith('--config.checkpoint_every_steps')]
   out = main(*args, f'--workdir={workdir}', '--config.num_epochs=1', env=env)
   assert out.returncode == 130, out.stderr[-2000:]
@@ -215,7 +211,7 @@ def test_ctrl_c_mid_epoch_saves_and_the_rerun_ends_identical(base, tmp_path):
   assert (workdir / 'checkpoints' / 'latest' / '3').is_dir()
   again = main(*args, f'--workdir={workdir}', '--config.num_epochs=1')
   assert again.returncode == 0 and 'Resumed lenet from step 3' in again.stderr
-  from anatomy_jax import inference
+  from anatomy_jax.evaluation import inference
   a, b = inference.load_run(workdir, 'latest'), inference.load_run(base['run'], 'latest')
   assert a.step == b.step == 5
   assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a.params, b.params)))
@@ -247,10 +243,10 @@ def test_time_based_checkpoints(base, tmp_path):
     ('dtype=float16', "config.dtype='float16': must be one of float32, bfloat16"),
 ])
 def test_bad_numbers_are_refused_before_anything_is_loaded(override, message):
-  from anatomy_jax import settings
-  config = settings.load_config('configs/lenet.py:tiny', ['dataset=folder', 'manual_dir=/nonexistent', override])
+  from anatomy_jax.core import config as config_lib
+  config = config_lib.load_config('configs/lenet.py:tiny', ['dataset=folder', 'manual_dir=/nonexistent', override])
   with pytest.raises(ValueError) as e:
-    settings.validate(config)
+    train.check_config(config)
   assert message in str(e.value) and 'e.g. --config.' in str(e.value) or 'must be one of' in str(e.value)
 
 
@@ -262,7 +258,7 @@ def test_bad_number_on_the_command_line_is_one_line_before_any_data(base, tmp_pa
 
 
 def test_non_finite_parameters_are_never_saved():
-  from anatomy_jax.errors import NonFiniteLoss
+  from anatomy_jax.core.errors import NonFiniteLoss
   good = {'state': {'params': {'w': np.ones(3, np.float32)}}, 'mean': np.zeros(2, np.float32)}
   assert set(checkpoints.checksums(good, check_finite=True)) == {'state/params/w', 'mean'}
   bad = {'state': {'params': {'w': np.array([1, np.nan, 1], np.float32)}}, 'mean': np.zeros(2, np.float32)}

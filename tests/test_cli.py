@@ -1,22 +1,14 @@
 """The command line as a person meets it: --help, one-line errors with exit codes, quiet logs, progress by time,
 TensorBoard events."""
 
-import subprocess
-import sys
-
 import pytest
 
-from anatomy_jax.progress import ProgressLine
-from conftest import REPO
+from anatomy_jax.training.progress import ProgressLine
+from conftest import run_program as run
 
 PROGRAMS = ['anatomy_jax.main', 'anatomy_jax.evaluate', 'anatomy_jax.predict', 'anatomy_jax.benchmark',
             'anatomy_jax.models', 'anatomy_jax.experiments.table2', 'anatomy_jax.experiments.learning_curve',
             'anatomy_jax.experiments.visualize']
-
-
-def run(module, *args, timeout=300):
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout)
 
 
 def test_main_help_lists_configs_variants_and_fields():

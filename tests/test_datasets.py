@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from anatomy_jax import datasets
-from anatomy_jax.datasets import images, splits
+from anatomy_jax import data as datasets
+from anatomy_jax.data import images, splits
 from conftest import MEDNIST, REPO, make_image_folder, requires_mednist
 
 
@@ -136,7 +136,7 @@ def test_group_csv_keeps_patients_in_one_split(tmp_path):
   (tmp_path / 'groups.csv').write_text('\n'.join(rows))
   options = dict(group_csv=str(tmp_path / 'groups.csv'), test_fraction=0.2)
   ds = load(root, tmp_path, **options)
-  from anatomy_jax.datasets.folder import Folder, FolderConfig
+  from anatomy_jax.data.folder import Folder, FolderConfig
   builder = Folder(data_dir=str(tmp_path / 'tfds'),
                    config=FolderConfig.from_config(folder_config(root, tmp_path / 'tfds', **options)))
   source = builder.as_data_source()
@@ -275,7 +275,7 @@ def test_every_file_is_used_or_reported(image_folder, tmp_path):
 
 def test_two_runs_preparing_one_folder_at_once_both_succeed(image_folder, tmp_path):
   code = ('import sys; sys.path[:0] = ["tests", "."]; from test_datasets import folder_config; '
-          'from anatomy_jax import datasets; '
+          'from anatomy_jax import data as datasets; '
           f'd = datasets.load_dataset(folder_config({str(image_folder)!r}, {str(tmp_path / "tfds")!r})); '
           'print(sum(d.sizes().values()))')
   procs = [subprocess.Popen([sys.executable, '-c', code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,10 +1,9 @@
 """A tiny run on PNG/JPEG/DICOM class folders, then checkpoint evaluation, prediction on files and pictures."""
 
 import csv
+import functools
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pydicom
@@ -12,9 +11,10 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from anatomy_jax import evaluate, metrics, train
+from anatomy_jax.evaluation import classify, inference, report as evaluation, scores
 from anatomy_jax.experiments import visualize
-from conftest import REPO, make_image_folder, tiny_config
+from anatomy_jax.training import train
+from conftest import make_image_folder, run_program, tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
 def test_metrics_against_hand_computed_values():
   labels = np.array([0, 0, 1, 1, 2])
   logits = np.log(np.array([[.8, .1, .1], [.3, .6, .1], [.2, .7, .1], [.1, .2, .7], [.1, .1, .8]]))
-  r = metrics.classification_report(logits, labels, ['a', 'b', 'c'])
+  r = scores.classification_report(logits, labels, ['a', 'b', 'c'])
   assert r['confusion_matrix'] == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
   assert r['accuracy'] == pytest.approx(3 / 5)
   assert r['per_class']['b']['precision'] == pytest.approx(0.5) and r['per_class']['b']['recall'] == 0.5
@@ -50,13 +50,13 @@ def test_metrics_against_hand_computed_values():
   # Class c: positive .8 against .1 .1 .1 .7.
   assert r['per_class']['c']['auc'] == 1.0
   assert r['macro_auc'] == pytest.approx((1 + 5 / 6 + 1) / 3)
-  assert metrics.roc_auc(np.array([.5, .5, .2]), np.array([True, False, False])) == pytest.approx(0.75)
+  assert scores.roc_auc(np.array([.5, .5, .2]), np.array([True, False, False])) == pytest.approx(0.75)
   lo, hi = r['accuracy_ci95']
   assert lo == pytest.approx(0.2307, abs=1e-3) and hi == pytest.approx(0.8824, abs=1e-3)  # Wilson, 3 of 5.
 
 
 def test_evaluate_writes_every_output(trained):
-  report = evaluate.run_evaluation(trained['workdir'], 'test')
+  report = evaluation.run_evaluation(trained['workdir'], 'test')
   out = json.loads((trained['workdir'] / 'eval_test.json').read_text())
   assert out['num_examples'] == trained['results']['split_sizes']['test']
   assert out['accuracy'] == pytest.approx(trained['results']['test_accuracy'], abs=1e-6)
@@ -73,8 +73,8 @@ def test_evaluate_writes_every_output(trained):
 
 def test_evaluate_on_a_folder_given_on_the_command_line(trained):
   other = make_image_folder(trained['tmp'] / 'new_images', per_class=6, classes=('disc', 'vertical'), seed=7)
-  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.evaluate', f'--workdir={trained["workdir"]}',
-                        f'--folder={other}', '--split=all'], cwd=REPO, capture_output=True, text=True, timeout=300)
+  out = run_program('anatomy_jax.evaluate', f'--workdir={trained["workdir"]}',
+                    f'--folder={other}', '--split=all')
   assert out.returncode == 0, out.stderr[-2000:]
   report = json.loads((trained['workdir'] / 'eval_new_images_all.json').read_text())
   assert report['num_examples'] == 12
@@ -88,9 +88,8 @@ def test_predict_on_files_reports_and_skips_bad_ones(trained, tmp_path):
   (tmp_path / 'notes.txt').write_text('hello')
   (tmp_path / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
   output = tmp_path / 'pred.csv'
-  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.predict', f'--workdir={trained["workdir"]}',
-                        f'--output={output}', *map(str, good), str(tmp_path)], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+  out = run_program('anatomy_jax.predict', f'--workdir={trained["workdir"]}',
+                    f'--output={output}', *map(str, good), str(tmp_path))
   assert out.returncode == 3, out.stderr[-2000:]  # Some files were skipped.
   assert 'skipped' in out.stderr and 'notes.txt' in out.stderr and 'broken.png' in out.stderr
   rows = list(csv.DictReader(open(output)))
@@ -103,16 +102,14 @@ def test_predict_on_files_reports_and_skips_bad_ones(trained, tmp_path):
     assert row['low_confidence'] == str(max(probs) < 0.6)
   assert out.stderr.count('notes.txt') == 1  # Each skipped file reported once.
   # Prediction agrees with evaluation preprocessing: the same file gives the same probabilities in-process.
-  from anatomy_jax import inference, predict
   run = inference.load_run(trained['workdir'])
-  rows2, skipped = predict.predict_files(run, [good[0]])
+  rows2, skipped = classify.predict_files(run, [good[0]])
   assert not skipped and rows2[0]['predicted'] == rows[0]['predicted']
 
 
 def test_predict_all_good_exits_zero(trained, tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.predict', f'--workdir={trained["workdir"]}',
-                        f'--output={tmp_path / "p.csv"}', str(trained['root'] / 'vertical')], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+  out = run_program('anatomy_jax.predict', f'--workdir={trained["workdir"]}',
+                    f'--output={tmp_path / "p.csv"}', str(trained['root'] / 'vertical'))
   assert out.returncode == 0, out.stderr[-2000:]
   assert len(list(csv.DictReader(open(tmp_path / 'p.csv')))) == 24
 
@@ -126,9 +123,7 @@ def test_filter_and_feature_map_pictures(trained):
       assert im.size[0] > 100 and im.size[1] > 100
 
 
-def run_predict(*args):
-  return subprocess.run([sys.executable, '-m', 'anatomy_jax.predict', *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
+run_predict = functools.partial(run_program, 'anatomy_jax.predict')
 
 
 def test_predict_never_replaces_results_with_an_empty_file(trained, tmp_path):
@@ -147,15 +142,14 @@ def test_output_paths_are_checked_before_any_work(trained, tmp_path):
                     str(trained['root'] / 'disc'))
   assert out.returncode == 1 and 'Traceback' not in out.stderr
   assert 'cannot be written' in out.stderr and 'Choose a --output' in out.stderr
-  out = subprocess.run([sys.executable, '-m', 'anatomy_jax.evaluate', f'--workdir={trained["workdir"]}',
-                        f'--output_dir={tmp_path / "a_file" / "reports"}'], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+  out = run_program('anatomy_jax.evaluate', f'--workdir={trained["workdir"]}',
+                    f'--output_dir={tmp_path / "a_file" / "reports"}')
   assert out.returncode == 1 and 'Traceback' not in out.stderr and 'Choose a --output_dir' in out.stderr
   assert 'accuracy' not in out.stdout  # Refused before evaluating anything.
 
 
 def test_evaluate_writes_elsewhere_with_output_dir(trained, tmp_path):
-  report = evaluate.run_evaluation(trained['workdir'], 'test', output_dir=tmp_path / 'reports')
+  report = evaluation.run_evaluation(trained['workdir'], 'test', output_dir=tmp_path / 'reports')
   assert json.loads((tmp_path / 'reports' / 'eval_test.json').read_text())['accuracy'] == report['accuracy']
   assert (tmp_path / 'reports' / 'confusion_test.png').is_file()
 

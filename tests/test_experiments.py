@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anatomy_jax import evaluate, inference, models, plots, predict
+from anatomy_jax import models
+from anatomy_jax.core import plots
+from anatomy_jax.evaluation import classify, inference, report as evaluation
 from anatomy_jax.experiments import learning_curve, runner, table2
 from anatomy_jax.models import layers
 from anatomy_jax.models.summary import count_params
@@ -100,11 +102,11 @@ def test_fifth_network_evaluates_and_predicts(setup):
   workdir = root / 'table2' / 'tiny5'
   if not (workdir / 'results.json').exists():
     pytest.skip('needs test_table2_runner_with_a_fifth_network to have trained it')
-  report = evaluate.run_evaluation(workdir, 'test')
+  report = evaluation.run_evaluation(workdir, 'test')
   assert report['model'] == 'tiny5' and report['num_examples'] > 0
   run = inference.load_run(workdir)
   assert isinstance(run.model, TinyNet)
-  rows, skipped = predict.predict_files(run, [images / 'disc' / 'img_000.jpg', images / 'vertical' / 'img_001.png'])
+  rows, skipped = classify.predict_files(run, [images / 'disc' / 'img_000.jpg', images / 'vertical' / 'img_001.png'])
   assert not skipped and len(rows) == 2
   assert all(sum(r[c] for c in run.class_names) == pytest.approx(1, abs=1e-5) for r in rows)
 

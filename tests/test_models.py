@@ -10,7 +10,7 @@ import pytest
 from anatomy_jax.benchmark import torch_peer
 from anatomy_jax.experiments import runner
 from anatomy_jax.models import MODELS, Network, get_model, layers, loss_weights
-from anatomy_jax.models.summary import count_params, layer_table
+from anatomy_jax.models.summary import abstract_variables, count_params, layer_table
 
 
 def conv(k, cin, cout, groups=1):
@@ -67,9 +67,7 @@ EXPECTED_PARAMS = {
 
 
 def init_shapes(model, channels):
-  x = jax.ShapeDtypeStruct((2, model.input_size, model.input_size, channels), jnp.float32)
-  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
-  return jax.eval_shape(lambda x: model.init(rngs, x, train=True), x)
+  return abstract_variables(model, (model.input_size, model.input_size, channels), batch=2)
 
 
 def test_every_registered_network_has_a_config_a_parameter_count_and_a_peer():

@@ -10,15 +10,18 @@ import sys
 import numpy as np
 import pytest
 
-from anatomy_jax import inference
-from conftest import REPO, make_image_folder
+from anatomy_jax.evaluation import inference
+from conftest import REPO, make_image_folder, run_python
+
+
+def fake_devices(n: int) -> dict:
+  """The environment of a process that sees `n` CPU devices (the count is fixed when JAX starts)."""
+  return {'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}', 'JAX_PLATFORMS': 'cpu',
+          'PYTHONPATH': f'{REPO}:{REPO / "tests"}'}
 
 
 def run_check(model: str, steps: int, devices: int = 8) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
-             PYTHONPATH=f'{REPO}:{REPO / "tests"}')
-  out = subprocess.run([sys.executable, str(REPO / 'tests' / 'parallel_check.py'), model, str(steps)], env=env,
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
+  out = run_python(REPO / 'tests' / 'parallel_check.py', model, steps, env=fake_devices(devices))
   assert out.returncode == 0, out.stderr[-3000:]
   line = next(l for l in out.stdout.splitlines() if l.startswith('RESULT '))
   return json.loads(line[len('RESULT '):])
@@ -52,7 +55,7 @@ def free_port() -> int:
 
 def launch(args: list[str], processes: int, devices: int, log_dir) -> None:
   """Run main.py as `processes` processes with `devices` CPU devices each; kill them all however it ends."""
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
+  env = {**os.environ, **fake_devices(devices)}
   extra = lambda i: ([f'--coordinator_address=localhost:{port}', f'--num_processes={processes}',
                       f'--process_id={i}'] if processes > 1 else [])
   port = free_port()
@@ -79,10 +82,7 @@ def test_a_long_epoch_on_four_cpu_devices_finishes(parallelism, tmp_path):
   # 600 steps in one epoch with no pause. Before programs with collectives were run one at a time on CPUs,
   # this stalled within the first 50 steps and XLA aborted the process after 40 s (exit 134), with jit and
   # with pmap (see anatomy_jax/parallel.py).
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu',
-             PYTHONPATH=f'{REPO}:{REPO / "tests"}')
-  out = subprocess.run([sys.executable, str(REPO / 'tests' / 'long_run_check.py'), parallelism, str(tmp_path / 'run')],
-                       env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+  out = run_python(REPO / 'tests' / 'long_run_check.py', parallelism, tmp_path / 'run', env=fake_devices(4))
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result == {'serial_dispatch': True, 'steps': 600, 'test_accuracy': result['test_accuracy'],

@@ -1,9 +1,8 @@
 """Training end to end: the solver, the steps, a tiny run that checkpoints and resumes, and bad input."""
 
+import functools
 import json
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,26 +11,29 @@ import numpy as np
 import optax
 import pytest
 
-from anatomy_jax import checkpoints, datasets, input_pipeline, optim, train
-from conftest import REPO, tiny_config
+from anatomy_jax import data as data_lib
+from anatomy_jax.data import pipeline
+from anatomy_jax.data.preprocess import Preprocess
+from anatomy_jax.training import checkpoints, optim, train
+from conftest import run_program, tiny_config
 from test_models import proposed_params
 
 
-def synthetic_dataset(n_train=40, n_val=13, n_test=11, size=28, classes=3, seed=0) -> datasets.Dataset:
+def synthetic_dataset(n_train=40, n_val=13, n_test=11, size=28, classes=3, seed=0) -> data_lib.Dataset:
   """A Dataset of random images whose mean brightness encodes the class (learnable in a few steps)."""
   rng = np.random.default_rng(seed)
 
   def split(n):
     labels = rng.integers(0, classes, n).astype(np.int32)
     images = rng.integers(0, 60, (n, size, size, 1)) + 80 * labels[:, None, None, None]
-    return datasets.Split(images.astype(np.uint8), labels)
+    return data_lib.Split(images.astype(np.uint8), labels)
 
-  return datasets.Dataset('synthetic', [f'c{i}' for i in range(classes)],
+  return data_lib.Dataset('synthetic', [f'c{i}' for i in range(classes)],
                           {'train': split(n_train), 'validation': split(n_val), 'test': split(n_test)}, {})
 
 
 def lenet_config(**overrides):
-  """LeNet's tiny config for in-process runs on `synthetic_dataset` (handed to train.setup directly)."""
+  """LeNet's tiny config for in-process runs on `synthetic_dataset` (handed to train.build directly)."""
   return tiny_config('lenet', '', '', compilation_cache_dir='', **overrides)
 
 
@@ -58,50 +60,48 @@ def test_step_down_schedule():
                              [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-5)
 
 
-def test_eval_counts_every_example_once(tmp_path):
+def test_eval_counts_every_example_once():
   config = lenet_config(eval_batch_size=8)  # 13 validation examples: one padded batch.
   dataset = synthetic_dataset()
-  s = train.setup(config, str(tmp_path), dataset=dataset)
-  state = s.init_state()
-  got = s.evaluate(state.params, 'validation')
+  data, programs = train.build(config, dataset)
+  state = programs.init()
+  got = train.evaluate(programs, data, state.params, 'validation')
   # Reference: the whole split at once, preprocessed on the host.
   split = dataset.splits['validation']
-  x = s.preprocess(jnp.asarray(split.images), jnp.asarray(s.mean), None)
-  logits = s.model.apply({'params': state.params}, x, train=False)['logits']
+  x = Preprocess.from_config(config)(jnp.asarray(split.images), jnp.asarray(data.mean), None)
+  logits = programs.model.apply({'params': state.params}, x, train=False)['logits']
   ref_loss = float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, split.labels)))
   ref_acc = float(jnp.mean(jnp.argmax(logits, -1) == split.labels))
   assert got['accuracy'] == pytest.approx(ref_acc, abs=1e-7)
   assert got['loss'] == pytest.approx(ref_loss, rel=1e-5)
 
 
-def test_host_and_device_data_give_the_same_steps(tmp_path):
+def test_host_and_device_data_give_the_same_steps():
   dataset = synthetic_dataset()
   results = []
   for mode in ('yes', 'no'):
-    s = train.setup(lenet_config(data_on_device=mode), str(tmp_path / mode), dataset=dataset)
-    assert s.on_device == (mode == 'yes')
-    state = s.init_state()
-    order = input_pipeline.epoch_order(len(s.splits['train']), 8, 0, 0)
+    data, programs = train.build(lenet_config(data_on_device=mode), dataset)
+    assert data.on_device == (mode == 'yes')
+    state = programs.init()
+    order = pipeline.epoch_order(len(data.splits['train']), 8, 0, 0)
     for i in range(3):
-      state, m = s.train_step(state, s.batch('train', order[i]), s.data['train'])
+      state, m = programs.train_step(state, programs.batch(data, 'train', order[i]), data.arrays['train'])
     results.append((jax.device_get(state.params), jax.device_get(m)))
   jax.tree_util.tree_map(np.testing.assert_array_equal, results[0], results[1])
 
 
-def test_training_reduces_loss(tmp_path):
-  s = train.setup(lenet_config(), str(tmp_path), dataset=synthetic_dataset(200))
-  state = s.init_state()
+def test_training_reduces_loss():
+  data, programs = train.build(lenet_config(), synthetic_dataset(200))
+  state = programs.init()
   losses = []
   for epoch in range(4):
-    for idx in input_pipeline.epoch_order(len(s.splits['train']), 8, 0, epoch):
-      state, m = s.train_step(state, s.batch('train', idx), s.data['train'])
+    for idx in pipeline.epoch_order(len(data.splits['train']), 8, 0, epoch):
+      state, m = programs.train_step(state, programs.batch(data, 'train', idx), data.arrays['train'])
       losses.append(float(m['loss'] / m['count']))
   assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
 
 
-def run_main(*args, cwd=REPO):
-  return subprocess.run([sys.executable, '-m', 'anatomy_jax.main', *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=600)
+run_main = functools.partial(run_program, 'anatomy_jax.main')
 
 
 def test_tiny_run_writes_results_and_resumes(image_folder, tmp_path):
@@ -174,7 +174,7 @@ def test_corrupt_mednist_archive_is_reported(tmp_path):
 
 
 def test_batch_size_must_divide_devices(monkeypatch):
-  from anatomy_jax import parallel
+  from anatomy_jax.training import parallel
   p = parallel.JitParallel()
   monkeypatch.setattr(jax, 'device_count', lambda: 8)
   with pytest.raises(ValueError, match='batch_size=100 is not divisible by the 8 devices.*batch_size=96'):
@@ -182,18 +182,18 @@ def test_batch_size_must_divide_devices(monkeypatch):
 
 
 def test_prefetch_keeps_order_and_reraises():
-  assert list(input_pipeline.prefetch(iter(range(7)), size=2)) == list(range(7))
+  assert list(pipeline.prefetch(iter(range(7)), size=2)) == list(range(7))
 
   def broken():
     yield 1
     raise OSError('disk gone')
 
   with pytest.raises(OSError, match='disk gone'):
-    list(input_pipeline.prefetch(broken()))
+    list(pipeline.prefetch(broken()))
 
 
 def final_params_and_records(workdir):
-  from anatomy_jax import inference
+  from anatomy_jax.evaluation import inference
   run = inference.load_run(workdir, 'latest')
   records = [{k: v for k, v in json.loads(l).items() if k not in ('seconds', 'train_images_per_s')}
              for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
@@ -211,14 +211,13 @@ def test_k_steps_per_dispatch_equal_k_single_steps_bit_for_bit(tmp_path):
   # And k=3 again, stopped by a SIGINT after its 4th dispatch (step 10, in epoch 2) and resumed.
   config = lenet_config(num_epochs=3, steps_per_dispatch=3, log_every_steps=100, checkpoint_every_minutes=0.0)
   import os
-  from anatomy_jax.errors import Interrupted
+  from anatomy_jax.core.errors import Interrupted
   os.environ['ANATOMY_JAX_KILL_AT'] = 'step:4:INT'
   try:
     with pytest.raises(Interrupted, match='SIGINT: saved step 10'):
       train.train_and_evaluate(config, str(tmp_path / 'resumed'), dataset)
   finally:
     del os.environ['ANATOMY_JAX_KILL_AT']
-    checkpoints._fault_counts.clear()
   train.train_and_evaluate(config, str(tmp_path / 'resumed'), dataset)
   runs['resumed'] = final_params_and_records(tmp_path / 'resumed')
   for other in (3, 'resumed'):
