@@ -9,8 +9,13 @@ Restoring goes newest first and checks, in order: the fingerprint (another setup
 differences, never mistaken for damage), the structure (a changed optimizer or model option is reported as
 such, with the config fields that differ), then the data itself against its checksums. A checkpoint that fails
 to load or to match its checksums is moved to WORKDIR/checkpoints/corrupt/ (reported by name) and the one
-before it used; for `best`, the same step in `latest` counts as a copy. Orbax writes into a temporary
-directory and renames it when complete, so a save cut short is never listed.
+before it used; for `best`, the same step in `latest` counts as a copy. Only training moves checkpoints:
+readers of a run (evaluate, predict, init_from) report damage and fall back, read-only. A resumed run
+verifies `best` first and puts it back from latest's copy when it is damaged or missing. Orbax writes into a
+temporary directory and renames it when complete, so a save cut short is never listed.
+
+A run's settings are part of its identity: resuming with a change to any field outside FREE_FIELDS is refused
+with the differences unless the config accepts it (`check_settings`).
 """
 
 import fcntl

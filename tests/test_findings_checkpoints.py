@@ -153,6 +153,14 @@ def test_finding_10_best_with_no_good_copy_never_strands_the_run(base, tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   assert steps_in(workdir / 'checkpoints' / 'latest') == [10] and steps_in(workdir / 'checkpoints' / 'best') == [5]
   damage(workdir / 'checkpoints' / 'best' / '5')  # Now no good copy of step 5 exists anywhere.
+  # Rerunning the finished run: nothing left to train, so the latest is tested, and results.json says so.
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.keep_checkpoints=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'checkpoint=latest' not in out.stderr and 'is lost' in out.stderr, out.stderr[-3000:]
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['best_step'] == 10
+  assert any('the latest (step 10) was tested instead' in w for w in results['warnings']), results['warnings']
+  # Training on: the best is chosen again from the epochs still to train.
   out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=3', '--config.keep_checkpoints=1')
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'The best checkpoint (step 5, validation accuracy 1.0000) is lost' in out.stderr, out.stderr[-3000:]
