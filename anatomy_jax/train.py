@@ -25,11 +25,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from anatomy_jax import (checkpoints, datasets, files, finetune, inference, input_pipeline, interrupts, provenance,
-                         records, settings, steps)
+from anatomy_jax import (checkpoints, datasets, files, finetune, inference, input_pipeline, interrupts, models,
+                         provenance, records, settings, steps)
 from anatomy_jax.errors import Interrupted, NonFiniteLoss, UserError
 from anatomy_jax.run_setup import Setup, setup
-from anatomy_jax import models
 from anatomy_jax.models import summary
 from anatomy_jax.progress import Watch
 
