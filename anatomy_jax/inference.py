@@ -74,11 +74,13 @@ def load_run(workdir: str | Path, which: str = 'best') -> Run:
   class_names, image_shape = fp['class_names'], tuple(fp['image_shape'])
   model = models.build(config, len(class_names))
   target = _target(model, config, image_shape)
+  # Read-only: a damaged checkpoint is reported and the next good copy used, never moved (the run is another
+  # process's, perhaps training right now, and a moved `best` would leave it nothing to test).
   with checkpoints.open_managers(workdir) as ckpt:
     if which == 'best':
-      restored = checkpoints.restore_best(ckpt.best, ckpt.latest, target, partial=True)
+      restored = checkpoints.restore_best(ckpt.best, ckpt.latest, target, partial=True, set_aside=False)
     else:
-      restored = checkpoints.restore_newest(ckpt.latest, target, partial=True)
+      restored = checkpoints.restore_newest(ckpt.latest, target, partial=True, set_aside=False)
   if restored is None:
     raise UserError(f'No checkpoint in {directory} could be restored.')
   tree, meta = restored

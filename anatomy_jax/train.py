@@ -16,6 +16,7 @@ accuracy and its step, training seconds, where the first parameters came from).
 
 import collections
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -24,8 +25,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from anatomy_jax import (checkpoints, datasets, files, finetune, inference, input_pipeline, interrupts, provenance,
-                         records, settings, steps)
+from anatomy_jax import (checkpoints, datasets, files, finetune, inference, input_pipeline, interrupts, models,
+                         provenance, records, settings, steps)
 from anatomy_jax.errors import Interrupted, NonFiniteLoss, UserError
 from anatomy_jax.run_setup import Setup, setup
 from anatomy_jax.models import summary
@@ -45,6 +46,7 @@ class Position:
   train_seconds: float = 0.0
   best_step: int = 0
   origin: dict | None = None
+  config_changes: tuple = ()  # Accepted setting changes: ({'step': N, 'changes': {field: [before, after]}}, ...)
 
   def stale_epochs(self, steps_per_epoch: int) -> int:
     """Epochs since validation accuracy last improved."""
@@ -95,12 +97,37 @@ def restore_or_init(s: Setup, ckpt) -> tuple[steps.TrainState, Position, dict | 
     logging.info('Starting %s from scratch in %s.', s.config.model, s.workdir)
     return s.init_state(), Position(), None
   tree, meta = restored
+  if s.config.init_from and not _same_origin(meta.get('origin'), s.config.init_from):
+    origin = meta.get('origin')
+    raise UserError(f'config.init_from={s.config.init_from}: {s.workdir} already holds a run (step {meta["step"]}, '
+                    + (f'started from {origin["workdir"]}' if origin else 'trained from scratch') + '); init_from '
+                    'starts new runs only: use a new --workdir, or drop --config.init_from to continue this run.')
+  changes = checkpoints.check_settings(meta, s.config, s.workdir)
+  history = tuple(meta.get('config_changes') or ())
+  if changes:
+    logging.warning('Continuing from step %d with changed settings (accepted): %s.', meta['step'],
+                    '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()))
+    history += ({'step': int(meta['step']), 'changes': {k: [a, b] for k, (a, b) in changes.items()}},)
   logging.info('Resumed %s from step %d (epoch %d) in %s.', s.config.model, meta['step'],
                meta['step'] // s.steps_per_epoch, s.workdir)
   pos = Position(int(meta['step']), meta['best_val_accuracy'], meta['train_seconds'],
-                 int(meta.get('best_step', meta['step'])), meta.get('origin'))
+                 int(meta.get('best_step', meta['step'])), meta.get('origin'), history)
+  if not ckpt.verify_best(s.checkpoint_target(), pos.best_step if pos.best_val_accuracy >= 0 else 0,
+                          s.fingerprint, s.config):
+    logging.error('The best checkpoint (step %d, validation accuracy %.4f) is lost: damaged or missing, and %s/latest '
+                  'holds no good copy of it. The best is chosen again from the epochs still to train (or, when none '
+                  'are left, the latest checkpoint is tested).', pos.best_step, pos.best_val_accuracy, ckpt.root)
+    pos = dataclasses.replace(pos, best_val_accuracy=-1.0, best_step=pos.step)
   sums = meta.get('sums') if pos.step % s.steps_per_epoch else None
   return s.parallel.state_from_checkpoint(tree['state']), pos, sums
+
+
+def _same_origin(origin: dict | None, init_from: str) -> bool:
+  """Whether a run's recorded origin is the run `init_from` names (rerunning the command that started it)."""
+  path = Path(init_from).expanduser()
+  if path.name in ('best', 'latest') and path.parent.name == 'checkpoints':
+    path = path.parent.parent
+  return bool(origin) and origin.get('workdir') == str(path.absolute())
 
 
 def start_from(s: Setup, source: str) -> tuple[steps.TrainState, dict]:
@@ -231,7 +258,7 @@ def end_epoch(s: Setup, ckpt, state, pos: Position, sums: dict, recorder, watch:
 def save_checkpoint(s: Setup, ckpt, state, pos: Position, sums: dict | None, is_best: bool = False) -> None:
   meta = {'step': pos.step, 'best_val_accuracy': pos.best_val_accuracy, 'train_seconds': pos.train_seconds,
           'best_step': pos.best_step, 'origin': pos.origin, 'sums': sums, 'fingerprint': s.fingerprint,
-          'config': json.loads(s.config.to_json_best_effort())}
+          'config': json.loads(s.config.to_json_best_effort()), 'config_changes': list(pos.config_changes)}
   ckpt.save(pos.step, s.checkpoint_tree(state), meta, best=is_best)
 
 
@@ -259,14 +286,39 @@ def _after_nonfinite(ckpt, error: NonFiniteLoss) -> NonFiniteLoss:
                        'the same command.')
 
 
+def _as_trained(s: Setup, meta: dict, tree) -> Setup:
+  """`s`, or a copy that evaluates as the checkpoint was trained: its preprocessing, mean image and dtype (they
+  differ after an accepted change of mean_subtraction, scale, dtype, ...)."""
+  saved = settings.with_defaults(meta.get('config') or {})
+  mean = np.asarray(tree['mean'].addressable_data(0) if hasattr(tree['mean'], 'addressable_data') else tree['mean'])
+  preprocess = input_pipeline.Preprocess.from_config(saved)
+  if preprocess == s.preprocess and saved.dtype == s.config.dtype and np.array_equal(mean, s.mean):
+    return s
+  model = s.model if saved.dtype == s.config.dtype else models.build(saved, s.dataset.num_classes)
+  eval_step = s.parallel.evaluate(functools.partial(steps.eval_step, model=model, preprocess=preprocess))
+  data = {name: dict(d, mean=s.parallel.put_data(mean)) for name, d in s.data.items()}
+  return dataclasses.replace(s, preprocess=preprocess, mean=mean, model=model, eval_step=eval_step, data=data)
+
+
 def finish(s: Setup, ckpt, pos: Position) -> dict:
   """Test the best-by-validation checkpoint and write results.json (and the training-curve plot)."""
-  restored = ckpt.restore(s.checkpoint_target(), 'best', fingerprint=s.fingerprint, config=s.config)
-  if restored is None:
-    raise UserError(f'No best checkpoint in {ckpt.root}/best to test: was the run trained for an epoch?')
+  notes = list(s.notes)
+  try:
+    restored = ckpt.restore(s.checkpoint_target(), 'best', fingerprint=s.fingerprint, config=s.config,
+                            best_step=pos.best_step if pos.best_val_accuracy >= 0 else None)
+  except checkpoints.BestLost as e:
+    logging.error('%s', e)
+    restored = None
+  if restored is None:  # Lost (reported at the start or just now): test the latest rather than strand the run.
+    restored = checkpoints.restore_newest(ckpt.latest, s.checkpoint_target(), s.fingerprint, s.config)
+    if restored is None:
+      raise UserError(f'No checkpoint in {ckpt.root} to test: was the run trained for an epoch?')
+    notes.append(f'The best checkpoint was lost; the latest (step {restored[1]["step"]}) was tested instead.')
+    logging.warning('%s', notes[-1])
   tree, meta = restored
   params = s.parallel.params(s.parallel.state_from_checkpoint(tree['state']))
-  val, test = s.evaluate(params, 'validation'), s.evaluate(params, 'test')
+  e = _as_trained(s, meta, tree)  # The checkpoint's own preprocessing, even after accepted setting changes.
+  val, test = e.evaluate(params, 'validation'), e.evaluate(params, 'test')
   results = {
       'model': s.config.model, 'dataset': s.dataset.name, 'class_names': s.dataset.class_names,
       'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
@@ -275,7 +327,8 @@ def finish(s: Setup, ckpt, pos: Position) -> dict:
       'train_seconds': pos.train_seconds, 'num_params': summary.count_params(s.abstract_state().params),
       'split_sizes': {k: len(v) for k, v in s.splits.items()},
       'steps': s.total_steps, 'steps_trained': pos.step, 'parallelism': s.config.parallelism,
-      'num_devices': jax.device_count(), 'init_from': pos.origin, 'warnings': list(s.notes),
+      'num_devices': jax.device_count(), 'init_from': pos.origin, 'warnings': notes,
+      'config_changes': list(pos.config_changes),
       'validation_split': _validation_split(s.dataset.metadata),
   }
   results.update({f'test_{k}': v for k, v in test.items() if k.startswith('loss') and k != 'loss'})

@@ -80,6 +80,9 @@ def get_config(variant_name: str = ''):
   c.log_every_steps = 50  # Progress line (loss, images/s, ETA) every this many steps...
   c.log_every_seconds = 30.0  # ...or after this many seconds, whichever comes first.
   c.plots = True  # Write training-curve PNGs at the end of the run.
+  # Resuming with settings that change what is computed (learning rate, preprocessing, ...) is refused unless
+  # this is True; accepted changes are recorded in results.json with the step they took effect.
+  c.accept_config_changes = False
   return variant(c, variant_name)
 
 

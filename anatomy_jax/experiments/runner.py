@@ -1,11 +1,13 @@
 """Running many trainings for an experiment: a config for any registered network, overrides, skip-if-finished."""
 
+import json
 import math
 from pathlib import Path
 
 import ml_collections
 
-from anatomy_jax import files, models, settings, train
+from anatomy_jax import checkpoints, files, models, settings, train
+from anatomy_jax.errors import UserError
 
 # Khan & Yong (2017), Table II (GTX 980M): runtime (s), validation loss, validation and test accuracy (%).
 PAPER_TABLE2 = {
@@ -35,9 +37,31 @@ def load_config(model: str, variant: str = '', overrides=()) -> ml_collections.C
                               base + list(overrides))
 
 
+# Fields that may differ between the config a run was requested with and a rerun's: how it is run, logged and
+# checkpointed, and where prepared data is cached. Anything else (epochs, data folder, learning rate, ...) is
+# another experiment, whose rows must not come from this run.
+RERUN_FREE_FIELDS = tuple(f for f in checkpoints.FREE_FIELDS
+                          if f not in ('num_epochs', 'early_stopping_epochs', 'manual_dir', 'init_from'))
+
+
 def train_once(config, workdir: Path) -> dict:
-  """Train unless `workdir` already holds a finished run (a complete results.json); an unfinished one resumes."""
-  results = files.read_json(Path(workdir) / 'results.json')
+  """Train unless `workdir` already holds a finished run (a complete results.json); an unfinished one resumes.
+  The config a run was requested with is kept in WORKDIR/requested_config.json; a rerun requesting other
+  settings is refused with the fields that differ (its old rows would stand under the new settings' name)."""
+  workdir = Path(workdir)
+  results = files.read_json(workdir / 'results.json')
+  stored = files.read_json(workdir / 'requested_config.json')
+  if stored is None and results is not None:  # Runs from before requested_config.json.
+    stored = (results.get('provenance') or {}).get('config')
+  if stored is not None:
+    diff = checkpoints.settings_changes(stored, config, RERUN_FREE_FIELDS)
+    if diff:
+      raise UserError(f'{workdir} holds a run with other settings ('
+                      + '; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())
+                      + '): use another --outdir for these, or remove that directory to retrain it.')
+  else:
+    checkpoints.check_writable(workdir)
+    files.write_json(workdir / 'requested_config.json', json.loads(config.to_json_best_effort()))
   if results is not None and math.isfinite(results.get('test_accuracy', math.nan)):
     return results
   return train.train_and_evaluate(config, str(workdir))
