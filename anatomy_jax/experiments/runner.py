@@ -38,6 +38,7 @@ def load_config(model: str, variant: str = '', overrides=()) -> ml_collections.C
 def train_once(config, workdir: Path) -> dict:
   """Train unless `workdir` already holds a finished run (a complete results.json); an unfinished one resumes."""
   results = files.read_json(Path(workdir) / 'results.json')
-  if results is not None and math.isfinite(results.get('test_accuracy', math.nan)):
+  accuracy = (results or {}).get('test_accuracy')
+  if isinstance(accuracy, (int, float)) and math.isfinite(accuracy):  # Non-finite figures are stored as null.
     return results
   return train.train_and_evaluate(config, str(workdir))
