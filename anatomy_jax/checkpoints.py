@@ -312,6 +312,8 @@ def restore_step(manager, step: int, target, fingerprint=None, config=None, part
   if meta is None:
     raise Corrupt('its metadata is unreadable')
   if fingerprint is not None:
+    if not isinstance(meta.get('fingerprint'), dict):
+      raise Corrupt('its metadata has no fingerprint')
     check_compatible(meta['fingerprint'], fingerprint, where)
   _check_structure(meta, target, where, config)
   try:

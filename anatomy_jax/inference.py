@@ -69,6 +69,10 @@ def load_run(workdir: str | Path, which: str = 'best') -> Run:
   meta = checkpoints.read_meta(directory)
   if meta is None:
     raise UserError(f'No readable checkpoint in {directory}.')
+  missing = [k for k in ('config', 'fingerprint') if k not in meta]
+  if missing or not {'class_names', 'image_shape'} <= set(meta.get('fingerprint') or {}):
+    raise UserError(f'The checkpoint metadata in {directory} has no {" or ".join(missing) or "complete fingerprint"}: '
+                    'it was not written by this code\'s training, or it is damaged.')
   config = settings.with_defaults(meta['config'])
   fp = meta['fingerprint']
   class_names, image_shape = fp['class_names'], tuple(fp['image_shape'])

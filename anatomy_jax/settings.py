@@ -185,6 +185,24 @@ def validate(config) -> None:
   if config.crop_size != cls.input_size:
     raise UserError(f'config.crop_size={config.crop_size}: {config.model} takes {cls.input_size}x{cls.input_size} '
                     f'input: set --config.crop_size={cls.input_size}.')
+  _check_model_builds(config)
+
+
+def _check_model_builds(config) -> None:
+  """Build the network abstractly (shapes only, no arrays): model_kwargs it can't be built with are one line
+  here, not a traceback after the data was read."""
+  from anatomy_jax import models
+  network = models.build(config, 2)
+  x = jax.ShapeDtypeStruct((1, config.crop_size, config.crop_size, 1), jax.numpy.float32)
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  try:
+    jax.eval_shape(lambda x: network.init(rngs, x, train=True), x)
+  except UserError:
+    raise
+  except Exception as e:  # Shapes that don't fit raise TypeError or ValueError from deep inside JAX.
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    raise UserError(f'config.model_kwargs={config.model_kwargs.to_dict()}: {config.model} cannot be built with '
+                    f'these options ({lines[0] if lines else type(e).__name__}).') from None
 
 
 def steps_per_dispatch(config) -> int:

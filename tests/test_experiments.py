@@ -106,7 +106,7 @@ def test_fifth_network_evaluates_and_predicts(setup):
   assert isinstance(run.model, TinyNet)
   rows, skipped = predict.predict_files(run, [images / 'disc' / 'img_000.jpg', images / 'vertical' / 'img_001.png'])
   assert not skipped and len(rows) == 2
-  assert all(sum(r[c] for c in run.class_names) == pytest.approx(1, abs=1e-5) for r in rows)
+  assert all(sum(r[predict.column(c)] for c in run.class_names) == pytest.approx(1, abs=1e-5) for r in rows)
 
 
 def test_learning_curve_runner(setup):

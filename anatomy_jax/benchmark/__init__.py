@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from anatomy_jax import compilation, input_pipeline, provenance, steps, train
+from anatomy_jax import compilation, input_pipeline, provenance, settings, steps, train
 from anatomy_jax.benchmark import flops, torch_peer
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor datasheets; SXM parts).
@@ -75,6 +75,7 @@ def peak_memory_bytes() -> int | None:
 
 def benchmark(config, workdir: str = '/tmp/anatomy_jax_benchmark', steps_per_run: int = 20, repeats: int = 5,
               torch_modes=()) -> dict:
+  settings.validate(config)  # A bad config is one line before anything is loaded (as for training).
   phase = Phases()
   with phase('setup: data, model, optimizer'):
     s = train.setup(config, workdir)

@@ -265,6 +265,8 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     def read(path):
       if not path.exists():
         return None, 'broken symbolic link'
+      if not path.is_file():
+        return None, images.NOT_A_FILE
       if not images.is_candidate(path):
         return None, f'not an image (suffix {path.suffix or "none"} and no DICOM preamble)'
       try:

@@ -54,9 +54,13 @@ def is_candidate(path: Path) -> bool:
   return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
 
+NOT_A_FILE = 'not a regular file (a FIFO, socket or device): not read'
+
+
 def walk_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
   """Every file under `root` (hidden ones excluded), following symbolic links to files and folders (each real
-  folder once), and (path, reason) for each link that leads nowhere."""
+  folder once), and (path, reason) for each entry that is not a file to read: a link that leads nowhere, a FIFO,
+  a socket or a device (reading a FIFO would wait forever)."""
   found, broken, seen = [], [], set()
   for top, dirs, names in os.walk(root, followlinks=True):
     real = os.path.realpath(top)
@@ -71,8 +75,10 @@ def walk_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
       path = Path(top) / name
       if path.is_file():
         found.append(path)
-      elif path.is_symlink():
+      elif path.is_symlink() and not path.exists():
         broken.append((path, 'broken symbolic link'))
+      elif path.exists() and not path.is_dir():
+        broken.append((path, NOT_A_FILE))
     for d in dirs:
       if (Path(top) / d).is_symlink() and not (Path(top) / d).exists():
         broken.append((Path(top) / d, 'broken symbolic link'))

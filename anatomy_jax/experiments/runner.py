@@ -62,6 +62,7 @@ def train_once(config, workdir: Path) -> dict:
   else:
     checkpoints.check_writable(workdir)
     files.write_json(workdir / 'requested_config.json', json.loads(config.to_json_best_effort()))
-  if results is not None and math.isfinite(results.get('test_accuracy', math.nan)):
+  accuracy = (results or {}).get('test_accuracy')
+  if isinstance(accuracy, (int, float)) and math.isfinite(accuracy):  # Non-finite figures are stored as null.
     return results
   return train.train_and_evaluate(config, str(workdir))
