@@ -281,6 +281,7 @@ def test_finding_17_workdir_or_data_dir_inside_the_image_folder_is_refused(tmp_p
     with pytest.raises(UserError, match='is inside the image folder'):
       datasets.check_outside(root, inside)
   datasets.check_outside(root, tmp_path / 'run')  # Beside it: fine.
+  datasets.check_outside(root, root / '.runs' / 'lenet')  # Hidden folders are never read: fine.
   with pytest.raises(UserError, match=r'config.data_dir .* is inside the image folder'):
     datasets.load_dataset(folder_config(root, root / 'tfds'))
   from anatomy_jax import run_setup
@@ -312,6 +313,43 @@ def test_finding_21_sigterm_during_preparation_raises_to_clean_up():
       time.sleep(1)
   assert raised.value.exit_code == 128 + signal.SIGTERM
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+SLOW_PREPARATION = """
+import sys, time
+sys.path[:0] = ['tests', '.']
+from test_datasets import folder_config
+from anatomy_jax import datasets
+from anatomy_jax.datasets import images
+from anatomy_jax.errors import Interrupted
+load = images.load
+images.load = lambda *a, **k: (time.sleep(0.3), load(*a, **k))[1]
+try:
+  datasets.load_dataset(folder_config(sys.argv[1], sys.argv[2]))
+except Interrupted as e:
+  print(e)
+  sys.exit(e.exit_code)
+"""
+
+
+def test_finding_21_sigterm_during_preparation_leaves_nothing(tmp_path):
+  import subprocess
+  import sys
+  from conftest import REPO
+  root = make_image_folder(tmp_path / 'img', per_class=40)
+  child = subprocess.Popen([sys.executable, '-c', SLOW_PREPARATION, str(root), str(tmp_path / 'tfds')], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 120
+  while not list((tmp_path / 'tfds').glob('folder/*/incomplete.*')) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert list((tmp_path / 'tfds').glob('folder/*/incomplete.*')), 'the preparation never started'
+  time.sleep(0.5)
+  child.send_signal(signal.SIGTERM)
+  out, err = child.communicate(timeout=60)
+  assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert 'SIGTERM received while preparing the dataset' in out
+  assert not list((tmp_path / 'tfds').glob('folder/*/incomplete.*'))
+  assert not list((tmp_path / 'tfds').glob('folder/*/1.0.0'))
 
 
 def test_finding_21_links_outside_the_folder_are_not_followed(tmp_path):

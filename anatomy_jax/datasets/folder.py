@@ -121,9 +121,12 @@ def content_listing(root: Path, paths: list[Path], refused: dict) -> list:
 
 def check_outside(root: str | Path, path: str | Path, what: str) -> None:
   """Refuse `path` (a workdir, a data_dir) inside or equal to the image folder `root`: the run's own files
-  would be read as images, or a class, next time."""
+  would be read as images, or a class, next time. Hidden folders inside it (`.runs/`) are never read: allowed."""
   root, path = Path(root).expanduser().absolute(), Path(path).expanduser().absolute()
-  if images.is_inside(path, [os.path.realpath(root)]):
+  real_root, real_path = os.path.realpath(root), os.path.realpath(path)
+  hidden = real_path != real_root and any(
+      part.startswith('.') for part in Path(os.path.relpath(real_path, real_root)).parts)  # Never read.
+  if images.is_inside(path, [real_root]) and not hidden:
     raise UserError(f'{what} {path} is inside the image folder {root} (config.manual_dir): its files would become '
                      'part of the dataset. Choose a directory outside the image folder.')
 
@@ -300,7 +303,7 @@ def case_hint(rels: list[str], test_fraction: float = 0.1, val_fraction: float =
             and sum(n for n in sizes.values() if n > 1) >= 0.8 * len(rels)):
       continue
     assigned = set(splits.assign_splits([[f'group:{c}'] for c in cases], test_fraction, val_fraction))
-    if assigned == set(splits.SPLITS):
+    if assigned >= {'train', 'validation'} | ({'test'} if test_fraction > 0 else set()):
       return group_by
   return ''
 
@@ -403,8 +406,11 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       except images.ImageError as e:
         return None, str(e).removeprefix(f'{path}: ')
 
-    with concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1))) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1)))
+    try:
       results = list(reading.with_progress(pool.map(read, paths), len(paths), str(root), 'files'))
+    finally:  # Stopped (SIGTERM, an error): don't read the remaining files first.
+      pool.shutdown(wait=True, cancel_futures=True)
     skipped = [{'file': str(p.relative_to(root)), 'reason': why} for p, (_, why) in zip(paths, results) if why]
     return [px for px, _ in results], skipped
 
