@@ -111,8 +111,11 @@ def content_listing(root: Path, paths: list[Path], refused: dict) -> list:
   def digest(path):
     if path in refused or not path.is_file():
       return refused.get(path, 'not a file')
-    with open(path, 'rb') as f:
-      return hashlib.file_digest(f, 'blake2b').hexdigest()[:32]
+    try:
+      with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'blake2b').hexdigest()[:32]
+    except OSError as e:  # Reading it in the build reports it by name; here it only has to count as changed.
+      return f'unreadable: {e.strerror}'
 
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     hashes = list(pool.map(digest, paths))
