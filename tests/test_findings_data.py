@@ -21,11 +21,11 @@ from test_datasets import folder_config, load
 
 
 def case_folder(root: Path, classes=('heart', 'lung'), patients=12, per_patient=3, name='slice{i}.png',
-                seed=0) -> Path:
+                seed=0, first=0) -> Path:
   """root/<class>/patientNN/<slices>: the same patient names under every class (a patient imaged twice)."""
   rng = np.random.default_rng(seed)
   for c, cls in enumerate(classes):
-    for p in range(patients):
+    for p in range(first, first + patients):
       d = root / cls / f'patient{p:02d}'
       d.mkdir(parents=True, exist_ok=True)
       for i in range(per_patient):
@@ -48,6 +48,17 @@ def test_finding_02_subfolder_cases_span_classes(tmp_path):
   from anatomy_jax import train
   said = train._validation_split(ds.metadata)
   assert 'keeping cases together' in said and 'group_by=subfolder' in said
+
+
+def test_finding_02_case_in_two_given_splits_names_the_files(tmp_path):
+  case_folder(tmp_path / 'img' / 'train', patients=6, first=2)
+  case_folder(tmp_path / 'img' / 'val', patients=2, seed=1)
+  case_folder(tmp_path / 'img' / 'test', patients=2, seed=2)  # patient00 and patient01 in val/ and test/.
+  with pytest.raises(UserError, match=r"share case 'patient00': the given splits would leak") as raised:
+    load(tmp_path / 'img', tmp_path, group_by='subfolder')
+  said = str(raised.value)
+  assert 'val/heart/patient00/slice0.png (given as validation)' in said
+  assert 'test/heart/patient00/slice0.png (given as test)' in said
 
 
 def test_finding_02_filename_single_case_is_explained(tmp_path):

@@ -362,6 +362,8 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     given = [entries[i][0] for i in keep]
     fixed = None if given[0] is None else [g if g != 'train' or 'validation' in tree else None for g in given]
     test_fraction = c.test_fraction if fixed is None else 0.0
+    if fixed is not None:
+      check_given_splits(keys, fixed, [entries[i][2] for i in keep], [groups[i] for i in keep], root)
     assignment = splits.assign_splits(keys, test_fraction, c.val_fraction, fixed)
     moved = sum(1 for g, a in zip(given, assignment) if g is not None and g != a and not (
         g == 'train' and a == 'validation'))
@@ -420,6 +422,21 @@ class Folder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, examples):
     for file, cls, pixels, group in examples:
       yield file, {'image': pixels, 'label': cls, 'file': file, 'group': group}
+
+
+def check_given_splits(keys, fixed, paths: list[Path], groups: list, root: Path) -> None:
+  """Refuse a case (or an image) found in two given split folders, naming a file in each."""
+  first = {}
+  for j, (component, split) in enumerate(zip(splits.connected_components(keys), fixed)):
+    if split is None:
+      continue
+    k = first.setdefault(component, j)
+    if fixed[k] != split:
+      shared = (f'case {groups[j]!r}' if groups[j] is not None and groups[j] == groups[k] else
+                'a case or identical images')
+      raise UserError(f'{paths[k].relative_to(root)} (given as {fixed[k]}) and {paths[j].relative_to(root)} (given '
+                       f'as {split}) share {shared}: the given splits would leak into each other. Keep each case in '
+                       'one split folder, or correct the grouping.')
 
 
 def label_conflicts(hashes: dict[int, str], classes: list[str], paths: list[Path], root: Path) -> list[dict]:
