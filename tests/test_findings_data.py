@@ -387,7 +387,9 @@ def test_finding_28_class_without_test_images_is_warned_about():
                           {'validation_carved': False})
   notes = datasets.split_notes(data)
   assert len(notes) == 1 and "Class(es) ['HeadCT'] have no test image" in notes[0]
-  assert 'macro' in notes[0]
+  assert 'macro' in notes[0] and 'add images of them to the test split' in notes[0]
+  data.metadata.update(layout='class folders, split automatically')
+  assert 'raise --config.folder.test_fraction' in datasets.split_notes(data)[0]
 
 
 def test_finding_28_macro_f1_says_which_classes_it_covers():

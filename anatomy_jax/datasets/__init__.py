@@ -187,7 +187,9 @@ def split_notes(dataset: Dataset) -> list[str]:
   """What a user should know about the splits (results.json `warnings`): a validation split carved from the
   training images without case groups puts slices of one case on both sides, so its accuracy is optimistic; a
   class without test (or validation) images is not measured there, and macro averages leave it out."""
-  notes = []
+  notes, meta = [], dataset.metadata
+  carved = {'test': meta.get('layout') == 'class folders, split automatically',
+            'validation': bool(meta.get('validation_carved'))}
   for split, what in (('test', 'test accuracy and macro-F1 say nothing about it (macro averages cover the '
                                'classes present)'),
                       ('validation', 'validation accuracy, which chooses the best checkpoint, never sees it')):
@@ -196,9 +198,9 @@ def split_notes(dataset: Dataset) -> list[str]:
     counts = np.bincount(dataset.splits[split].labels, minlength=dataset.num_classes)
     missing = [name for name, n in zip(dataset.class_names, counts) if n == 0]
     if missing:
-      notes.append(f'Class(es) {missing} have no {split} image: {what}. Add images of them, or raise '
-                   f'--config.folder.{"test" if split == "test" else "val"}_fraction.')
-  meta = dataset.metadata
+      fix = (f'add images of them, or raise --config.folder.{"test" if split == "test" else "val"}_fraction'
+             if carved[split] else f'add images of them to the {split} split')
+      notes.append(f'Class(es) {missing} have no {split} image: {what}. To fix: {fix}.')
   if not meta.get('validation_carved') or meta.get('grouping'):
     return notes
   hint = meta.get('case_hint')
