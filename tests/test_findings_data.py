@@ -334,7 +334,7 @@ from anatomy_jax import datasets
 from anatomy_jax.datasets import images
 from anatomy_jax.errors import Interrupted
 load = images.load
-images.load = lambda *a, **k: (time.sleep(0.3), load(*a, **k))[1]
+images.load = lambda *a, **k: (time.sleep(1.0), load(*a, **k))[1]  # Slow enough to be stopped midway.
 try:
   datasets.load_dataset(folder_config(sys.argv[1], sys.argv[2]))
 except Interrupted as e:
