@@ -94,6 +94,8 @@ def setup(config, workdir: str | Path, dataset: datasets.Dataset | None = None) 
   parallel = parallel_lib.get_parallel(config.parallelism)
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  if config.dataset == 'folder' and config.manual_dir:  # Issue 24, finding 17: the run's files would be a class.
+    datasets.check_outside(config.manual_dir, workdir, 'The workdir')
   dataset = dataset or datasets.load_dataset(config)
   model = models.build(config, dataset.num_classes)
   splits = input_pipeline.training_splits(dataset, config.train_fraction, config.seed)

@@ -267,8 +267,8 @@ def _validation_split(meta: dict) -> str:
     return meta.get('split_method', 'as the dataset defines it')
   if not meta['validation_carved']:
     return 'given (a val/ folder)'
-  return 'carved from the training images, ' + ('keeping cases together' if meta.get('grouping') else
-                                                'by image content only (no case groups)')
+  return 'carved from the training images, ' + (f'keeping cases together ({meta["grouping"]})' if meta.get(
+      'grouping') else 'by image content only (no case groups)')
 
 
 def _after_nonfinite(ckpt, error: NonFiniteLoss) -> NonFiniteLoss:

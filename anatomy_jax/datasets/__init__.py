@@ -12,6 +12,9 @@ import functools
 import fcntl
 import hashlib
 import io
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from anatomy_jax.datasets import splits
-from anatomy_jax.errors import UserError
+from anatomy_jax.errors import Interrupted, UserError
 
 
 @dataclasses.dataclass
@@ -102,15 +105,46 @@ def _build_lock(builder):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _remove_incomplete(builder) -> None:
+  """Delete what a killed preparation of this dataset version left (TFDS's `incomplete.*` folders beside the
+  version folder): under the build lock nobody else is writing them, and a preparation starts afresh."""
+  parent = Path(builder.data_path).parent
+  if not parent.is_dir():
+    return
+  for left in parent.glob(f'incomplete.*_{Path(builder.data_path).name}'):
+    logging.info('Removing %s, left by a preparation that was stopped.', left)
+    shutil.rmtree(left, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+  """SIGTERM during preparation raises (in the main thread), so that TFDS deletes its half-written folder
+  instead of the process dying with it in place; the previous handler is restored after."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handle(signum, frame):
+    raise Interrupted('SIGTERM received while preparing the dataset: stopped; nothing half-written is kept, and '
+                      'the next run prepares it afresh.', 128 + signum)
+
+  previous = signal.signal(signal.SIGTERM, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def prepare(config):
   """Build the dataset's files once; with several processes, process 0 builds while the others wait."""
   builder = get_builder(config)
   if jax.process_index() == 0:
     with _build_lock(builder):
+      _remove_incomplete(builder)
       if not Path(builder.data_path).exists():
         started = time.monotonic()
         logging.info('Preparing dataset %s in %s (once; later runs reuse it).', builder.name, builder.data_dir)
-        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints size banners we have no use for.
+        with contextlib.redirect_stdout(io.StringIO()), _stop_on_sigterm():  # Stdout: TFDS's size banners.
           builder.download_and_prepare(file_format='array_record')
         logging.info('Prepared %s in %.0f s.', builder.name, time.monotonic() - started)
   if jax.process_count() > 1:
@@ -150,15 +184,38 @@ def load_dataset(config) -> Dataset:
 
 
 def split_notes(dataset: Dataset) -> list[str]:
-  """What a user should know about how validation was split off: a validation split carved from the training
-  images without case groups puts slices of one case on both sides, so its accuracy is optimistic."""
-  meta = dataset.metadata
+  """What a user should know about the splits (results.json `warnings`): a validation split carved from the
+  training images without case groups puts slices of one case on both sides, so its accuracy is optimistic; a
+  class without test (or validation) images is not measured there, and macro averages leave it out."""
+  notes, meta = [], dataset.metadata
+  carved = {'test': meta.get('layout') == 'class folders, split automatically',
+            'validation': bool(meta.get('validation_carved'))}
+  for split, what in (('test', 'test accuracy and macro-F1 say nothing about it (macro averages cover the '
+                               'classes present)'),
+                      ('validation', 'validation accuracy, which chooses the best checkpoint, never sees it')):
+    if split not in dataset.splits:
+      continue
+    counts = np.bincount(dataset.splits[split].labels, minlength=dataset.num_classes)
+    missing = [name for name, n in zip(dataset.class_names, counts) if n == 0]
+    if missing:
+      fix = (f'add images of them, or raise --config.folder.{"test" if split == "test" else "val"}_fraction'
+             if carved[split] else f'add images of them to the {split} split')
+      notes.append(f'Class(es) {missing} have no {split} image: {what}. To fix: {fix}.')
   if not meta.get('validation_carved') or meta.get('grouping'):
-    return []
+    return notes
   hint = meta.get('case_hint')
   fix = (f'the file paths look like they name cases: --config.folder.group_by={hint} keeps each case in one split'
-         if hint else 'if several images come from one patient or case, name the cases with '
-         '--config.folder.group_by=subfolder|filename, --config.folder.group_csv or --config.folder.group_regex')
-  return [f'Validation was carved from the training images by image content only, without case groups: images of '
-          f'one case can sit on both sides, and validation accuracy (and the choice of the best checkpoint) is then '
-          f'optimistic. To fix: {fix}, or give a val/ folder.']
+         if hint else 'if several images come from one patient or case, name the cases: list them with '
+         '--config.folder.group_csv=FILE (path,case rows) or --config.folder.group_regex, or arrange the files as '
+         '<class>/<case>/<files> and use --config.folder.group_by=subfolder')
+  return notes + [
+      f'Validation was carved from the training images by image content only, without case groups: images of '
+      f'one case can sit on both sides, and validation accuracy (and the choice of the best checkpoint) is then '
+      f'optimistic. To fix: {fix}, or give a val/ folder.']
+
+
+def check_outside(root, path, what: str = 'The workdir') -> None:
+  """Refuse `path` inside or equal to the image folder `root` (config.manual_dir): the run's own files would
+  become part of the dataset (a class, next time). Call it wherever a workdir meets a folder dataset."""
+  from anatomy_jax.datasets.folder import check_outside as check
+  check(root, path, what)

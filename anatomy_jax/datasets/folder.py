@@ -11,15 +11,22 @@ stored at `image_size` x `image_size` (aspect kept, padded); originals are never
 content and, when given, by group (a CSV `path,group` or a regex on the relative path), so identical images and
 all images of one patient stay in one split. Class names are the sorted folder names.
 
-Cases: `group_by='subfolder'` makes the first sub-folder of a class folder the case (`<class>/<case>/<files>`);
-`group_by='filename'` takes the case from the file name without its trailing number (`pt012_slice07.png` ->
-`pt012_slice`); `group_csv` and `group_regex` say it explicitly. When none is given the build looks for such
-a pattern and the training run says which flag would keep each case in one split.
+Cases (patients): `group_by='subfolder'` makes the first sub-folder of a class folder the case
+(`<class>/<case>/<files>`; `heart/patient03` and `lung/patient03` are one case); `group_by='filename'` takes
+the case from the file name without its trailing number (`pt012_slice07.png` -> `pt012_slice`; a name that is
+only a number names no case); `group_csv` (UTF-8 `path,group` rows) and `group_regex` say it explicitly. Only
+one of the four may be given. A grouping that puts every image in one case is refused, saying so. When none is
+given the build looks for such a pattern and the training run says which flag would keep each case in one
+split, only where that flag would give several cases, fewer than the images, and no empty split.
+
+The dataset's name (its cache key) hashes the options and every file's bytes: files replaced by `cp -p`,
+`rsync -a` or tar, same size and time, make a new build.
 
 Every file is used or reported by name, nothing is dropped or changed silently: files that are not images,
 corrupt or truncated images, DICOMs without pixel data, images above `max_pixels` or holding NaN values, and
 broken symbolic links are skipped, each reported and listed in the dataset's metadata (`skipped`); symbolic
-links to files and folders are followed. Identical images under different classes (label conflicts) are left
+links to files and folders are followed when they resolve inside the image folder (or the class folder), and
+skipped and reported by name otherwise. Identical images under different classes (label conflicts) are left
 out of every split and reported (`conflicts`): no label can be right for both. An empty class folder, a single
 class, or a class in test/val but not in train stop the build with a message naming the folder.
 """
@@ -75,27 +82,127 @@ class FolderConfig(tfds.core.BuilderConfig):
       raise UserError(f'folder.channels must be 1 or 3, got {fields["channels"]}.')
     if fields['group_by'] not in GROUP_BY:
       raise UserError(f'folder.group_by={fields["group_by"]!r}: must be one of {", ".join(map(repr, GROUP_BY))}.')
-    # The name hashes the options and the file listing (names, sizes, times): changed files, new build.
-    found, broken = images.walk_files(root)
-    listing = sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime)) for p in found)
-    listing += sorted((str(p.relative_to(root)), -1, 0) for p, _ in broken)
-    csv_state = Path(fields['group_csv']).read_text() if fields['group_csv'] and Path(
-        fields['group_csv']).is_file() else ''
+    given = [f'folder.{k}={fields[k]!r}' for k in ('group_by', 'group_csv', 'group_regex') if fields[k]]
+    if len(given) > 1:
+      raise UserError(f'Only one grouping may be given, got {" and ".join(given)}: keep the one that names the '
+                       'cases.')
+    if fields['group_regex']:
+      compile_group_regex(fields['group_regex'])
+    data_dir = Path(config.get('data_dir') or '~/tensorflow_datasets').expanduser().absolute()
+    check_outside(root, data_dir, 'config.data_dir (where the prepared dataset is written)')
+    # The name hashes the options and the files' contents (a hash of each file's bytes, not its size and time:
+    # files replaced by `cp -p`, `rsync -a` or tar keep both): changed files, new build.
+    refused = {}
+    tree, _ = scan(root, refused)
+    listing = content_listing(root, [p for classes in tree.values() for paths in classes.values() for p in paths],
+                              refused)
+    csv_state = ''
+    if fields['group_csv']:
+      csv_path = Path(fields['group_csv'])
+      read_group_csv(csv_path, root)  # Refuses a bad table now, before anything is prepared.
+      csv_state = hashlib.sha256(csv_path.read_bytes()).hexdigest()
     digest = hashlib.sha256(json.dumps([fields, listing, csv_state]).encode()).hexdigest()[:16]
     return cls(name=f'{root.name or "root"}_{digest}'.replace('-', '_').lower(), **fields)
 
 
-def scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
+def content_listing(root: Path, paths: list[Path], refused: dict) -> list:
+  """(relative path, hash of the bytes) of each file, in order; refused entries (broken links, links outside
+  the folder) are listed with their reason. About 0.3 s for 2,000 small files."""
+  def digest(path):
+    if path in refused or not path.is_file():
+      return refused.get(path, 'not a file')
+    try:
+      with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'blake2b').hexdigest()[:32]
+    except OSError as e:  # Reading it in the build reports it by name; here it only has to count as changed.
+      return f'unreadable: {e.strerror}'
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    hashes = list(pool.map(digest, paths))
+  return sorted(zip((str(p.relative_to(root)) for p in paths), hashes))
+
+
+def check_outside(root: str | Path, path: str | Path, what: str) -> None:
+  """Refuse `path` (a workdir, a data_dir) inside or equal to the image folder `root`: the run's own files
+  would be read as images, or a class, next time. Hidden folders inside it (`.runs/`) are never read: allowed."""
+  root, path = Path(root).expanduser().absolute(), Path(path).expanduser().absolute()
+  real_root, real_path = os.path.realpath(root), os.path.realpath(path)
+  hidden = real_path != real_root and any(
+      part.startswith('.') for part in Path(os.path.relpath(real_path, real_root)).parts)  # Never read.
+  if images.is_inside(path, [real_root]) and not hidden:
+    raise UserError(f'{what} {path} is inside the image folder {root} (config.manual_dir): its files would become '
+                     'part of the dataset. Choose a directory outside the image folder.')
+
+
+def compile_group_regex(pattern: str) -> re.Pattern:
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise UserError(f'folder.group_regex {pattern!r} is not a valid regular expression ({e}).') from None
+
+
+def read_group_csv(csv_path: Path, root: Path) -> dict[str, str]:
+  """{path relative to the image folder: group} from a CSV of `path,group` rows (an optional `path,group`
+  header, UTF-8 with or without a byte-order mark). Every doubtful row is refused with its line number."""
+  if not csv_path.is_file():
+    raise UserError(f'folder.group_csv {csv_path} does not exist.')
+  where = f'folder.group_csv {csv_path}'
+  table, lines = {}, {}
+  real_root = Path(os.path.realpath(root))
+  try:
+    with open(csv_path, newline='', encoding='utf-8-sig') as f:
+      reader = csv.reader(f)
+      first = True
+      for row in reader:
+        n = reader.line_num
+        if not any(cell.strip() for cell in row):
+          continue
+        if first and row[0].strip().lower() == 'path':
+          first = False
+          continue
+        first = False
+        if len(row) < 2 or not row[1].strip():
+          raise UserError(f'{where} line {n}: no group for {row[0].strip()!r} (empty group cell); every row must '
+                           'be path,group.')
+        p = Path(os.path.normpath(row[0].strip()))
+        rel = None
+        if p.is_absolute():
+          for base in (root, real_root):
+            try:
+              rel = p.relative_to(base)
+              break
+            except ValueError:
+              pass
+        elif p.parts and p.parts[0] != '..':
+          rel = p
+        if rel is None:
+          raise UserError(f'{where} line {n}: {row[0].strip()!r} is outside the image folder {root}; paths must be '
+                           'relative to it (or absolute paths inside it).')
+        if str(rel) in table:
+          raise UserError(f'{where} lists {str(rel)!r} twice (lines {lines[str(rel)]} and {n}); keep one row per '
+                           'image.')
+        table[str(rel)], lines[str(rel)] = row[1].strip(), n
+  except UnicodeDecodeError as e:
+    raise UserError(f'{where} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as '
+                     'UTF-8 ("CSV UTF-8" in a spreadsheet program).') from None
+  except csv.Error as e:
+    raise UserError(f'{where} line {reader.line_num}: not a readable CSV row ({e}).') from None
+  return table
+
+
+def scan(root: Path, refused: dict | None = None) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
   """{split or None: {class: files}} and the layout's class names, checking the folder structure. Broken
-  symbolic links are listed among the files (reading them reports them)."""
+  symbolic links and links leading outside the image folder are listed among the files, with their reason in
+  `refused` ({path: reason}) when given (reading them reports them)."""
   subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')}
   if 'train' in subdirs:
     if 'test' not in subdirs:
       raise UserError(f'{root} has train/ but no test/: add PATH/test/<class>/..., or put the class folders '
                        'directly in PATH to split automatically.')
-    tree = {SPLIT_DIRS[name]: _class_files(path) for name, path in subdirs.items() if name in SPLIT_DIRS}
+    tree = {SPLIT_DIRS[name]: _class_files(path, root, refused) for name, path in subdirs.items()
+            if name in SPLIT_DIRS}
   else:
-    tree = {None: _class_files(root)}
+    tree = {None: _class_files(root, root, refused)}
   train_classes = set(tree.get('train', tree.get(None, {})))
   for split, classes in tree.items():
     extra = set(classes) - train_classes
@@ -110,10 +217,14 @@ def scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
   return tree, names
 
 
-def _class_files(directory: Path) -> dict[str, list[Path]]:
+def _class_files(directory: Path, root: Path, refused: dict | None) -> dict[str, list[Path]]:
+  """Each class folder's files. Links inside it are followed only to places inside the image folder (or the
+  class folder, itself perhaps a link the user made): a link to a system folder must not add its files."""
   classes = {}
   for cls in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith('.')):
-    found, broken = images.walk_files(cls)
+    found, broken = images.walk_files(cls, inside=[root, directory, cls])
+    if refused is not None:
+      refused.update(broken)
     files = sorted(found + [p for p, _ in broken])
     if not files:
       raise UserError(f'The class folder {cls} is empty: add images or remove it.')
@@ -126,19 +237,12 @@ def _class_files(directory: Path) -> dict[str, list[Path]]:
 
 
 def read_groups(config: FolderConfig, root: Path, paths: list[Path]) -> list[str | None]:
-  """Each file's group from the CSV (`path,group`, path relative to the root or absolute) or the regex."""
+  """Each file's group from the CSV (`path,group`, path relative to the root or absolute), the regex, or the
+  file's sub-folder or name (`group_by`)."""
   rel = [str(p.relative_to(root)) for p in paths]
   if config.group_csv:
     csv_path = Path(config.group_csv)
-    if not csv_path.is_file():
-      raise UserError(f'folder.group_csv {csv_path} does not exist.')
-    table = {}
-    with open(csv_path, newline='') as f:
-      for row in csv.reader(f):
-        if len(row) < 2 or row[0].strip().lower() == 'path':
-          continue
-        p = Path(row[0].strip())
-        table[str(p.relative_to(root)) if p.is_absolute() else str(p)] = row[1].strip()
+    table = read_group_csv(csv_path, root)
     missing = [r for r in rel if r not in table]
     if missing:
       raise UserError(f'{len(missing)} image(s) have no group in {csv_path}, e.g. {missing[:3]}. List every '
@@ -147,7 +251,7 @@ def read_groups(config: FolderConfig, root: Path, paths: list[Path]) -> list[str
   if config.group_by:
     return [case_of(r, config.group_by) for r in rel]
   if config.group_regex:
-    pattern = re.compile(config.group_regex)
+    pattern = compile_group_regex(config.group_regex)
     out = []
     for r in rel:
       m = pattern.search(r)
@@ -159,19 +263,36 @@ def read_groups(config: FolderConfig, root: Path, paths: list[Path]) -> list[str
 
 
 def case_of(rel: str, group_by: str) -> str:
-  """The case an image belongs to, from its path relative to the image folder (see the module doc)."""
+  """The case an image belongs to, from its path relative to the image folder (see the module doc). A case
+  means a patient: `heart/patient03` and `lung/patient03` are one case. A file that names no case (a loose file
+  in a class folder for `subfolder`; a name that is only a number, `000100.jpeg`, for `filename`) is its own."""
   parts = Path(rel).parts
   if parts[0].lower() in SPLIT_DIRS:
     parts = parts[1:]
   if group_by == 'subfolder':
-    return '/'.join(parts[:2]) if len(parts) > 2 else '/'.join(parts)  # <class>/<case>; loose files: their own.
+    return parts[1] if len(parts) > 2 else '/'.join(parts)  # Sub-folder names hold no '/': no clash.
   stem = Path(parts[-1]).stem
-  return re.sub(r'[-_. ]*\d+$', '', stem) or stem
+  return re.sub(r'[-_. ]*\d+$', '', stem) or '/'.join(parts)
 
 
-def case_hint(rels: list[str]) -> str:
-  """'subfolder' or 'filename' when the paths look like they name cases: at least two cases per class, most
-  images sharing their case with others, and fewer cases than images. '' otherwise."""
+def grouping_of(config: FolderConfig, short: bool = False) -> str:
+  """How the cases were named, for the metadata and results.json ('' without cases); `short`: the flag alone."""
+  if short:
+    return next((f'folder.{k}={getattr(config, k)!r}' for k in ('group_by', 'group_csv', 'group_regex')
+                 if getattr(config, k)), '')
+  if config.group_csv:
+    return f'group_csv={config.group_csv}'
+  if config.group_regex:
+    return f'group_regex={config.group_regex!r}'
+  return {'subfolder': 'group_by=subfolder (a case is the sub-folder of a class folder; one name under several '
+                       'classes is one case)',
+          'filename': 'group_by=filename (a case is the file name without its trailing number)'}.get(config.group_by, '')
+
+
+def case_hint(rels: list[str], test_fraction: float = 0.1, val_fraction: float = 0.2) -> str:
+  """'subfolder' or 'filename' when the paths look like they name cases and the flag would work: at least two
+  cases per class, most images sharing their case with others, fewer cases than images, and splits by those
+  cases that leave none empty. '' otherwise (plainly numbered files, `000100.jpeg`, name no case)."""
   if not rels:
     return ''
   classes = {Path(r).parts[1] if Path(r).parts[0].lower() in SPLIT_DIRS else Path(r).parts[0] for r in rels}
@@ -179,9 +300,13 @@ def case_hint(rels: list[str]) -> str:
     if group_by == 'subfolder' and sum(len(Path(r).parts) - (Path(r).parts[0].lower() in SPLIT_DIRS) > 2
                                        for r in rels) < 0.8 * len(rels):
       continue
-    sizes = collections.Counter(case_of(r, group_by) for r in rels)
-    if (2 * len(classes) <= len(sizes) <= 0.7 * len(rels)
-        and sum(n for n in sizes.values() if n > 1) >= 0.8 * len(rels)):
+    cases = [case_of(r, group_by) for r in rels]
+    sizes = collections.Counter(cases)
+    if not (1 < len(sizes) < len(rels) and 2 * len(classes) <= len(sizes) <= 0.7 * len(rels)
+            and sum(n for n in sizes.values() if n > 1) >= 0.8 * len(rels)):
+      continue
+    assigned = set(splits.assign_splits([[f'group:{c}'] for c in cases], test_fraction, val_fraction))
+    if assigned >= {'train', 'validation'} | ({'test'} if test_fraction > 0 else set()):
       return group_by
   return ''
 
@@ -212,21 +337,33 @@ class Folder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     c = self.builder_config
     root = Path(c.root)
-    tree, class_names = scan(root)
+    refused = {}
+    tree, class_names = scan(root, refused)
     entries = [(split, cls, path) for split, classes in tree.items() for cls, paths in classes.items()
                for path in paths]
     groups = read_groups(c, root, [p for _, _, p in entries])
-    pixels, skipped = self._read_all(root, [p for _, _, p in entries])
+    pixels, skipped = self._read_all(root, [p for _, _, p in entries], refused)
     hashes = {i: splits.content_hash(px) for i, px in enumerate(pixels) if px is not None}
     conflicts = label_conflicts(hashes, [cls for _, cls, _ in entries], [p for _, _, p in entries], root)
     excluded = {i for conflict in conflicts for i in conflict['indices']}
     keep = [i for i in hashes if i not in excluded]
     if not keep:
       raise UserError(f'No usable image in {root}: {len(skipped)} skipped, {len(excluded)} in label conflicts.')
+    grouping = grouping_of(c)
+    cases = collections.Counter(groups[i] for i in keep) if grouping else collections.Counter()
+    if len(cases) == 1:
+      (case, n), = cases.items()
+      why = ('the names differ only in their trailing number, so they name no case'
+             if c.group_by == 'filename' else 'one case can not be split into train, validation and test')
+      raise UserError(f'{grouping_of(c, short=True)} put all {n} images in one case ({case!r}), 1 group: {why}. Name '
+                       'the cases another way (group_by=subfolder for <class>/<case>/<files>, group_csv, '
+                       'group_regex), or give no grouping.')
     keys = [[hashes[i]] + ([f'group:{groups[i]}'] if groups[i] is not None else []) for i in keep]
     given = [entries[i][0] for i in keep]
     fixed = None if given[0] is None else [g if g != 'train' or 'validation' in tree else None for g in given]
     test_fraction = c.test_fraction if fixed is None else 0.0
+    if fixed is not None:
+      check_given_splits(keys, fixed, [entries[i][2] for i in keep], [groups[i] for i in keep], root)
     assignment = splits.assign_splits(keys, test_fraction, c.val_fraction, fixed)
     moved = sum(1 for g, a in zip(given, assignment) if g is not None and g != a and not (
         g == 'train' and a == 'validation'))
@@ -238,31 +375,33 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       examples[split].append((str(path.relative_to(root)), cls, pixels[i], groups[i] or ''))
     for split, n in ((s, sum(counts[s].values())) for s in splits.SPLITS):
       if n == 0:
-        raise UserError(f'The {split} split would be empty: {len(keep)} readable images in too few groups for '
+        made = f' ({len(cases)} cases from {grouping_of(c, short=True)})' if grouping else ''
+        raise UserError(f'The {split} split would be empty: {len(keep)} readable images in too few groups{made} for '
                          f'test_fraction={c.test_fraction}, val_fraction={c.val_fraction}. Add images or groups, '
                          f'or change --config.folder.test_fraction / val_fraction.')
     empty = [name for name, n in counts['train'].items() if n == 0]
     if empty:
       raise UserError(f'No training images for class(es) {empty}: all were skipped, or their groups (or '
                        'duplicates) all fell in other splits. Add images or groups for them.')
-    grouping = ('group_csv' if c.group_csv else 'group_regex' if c.group_regex else
-                f'group_by={c.group_by}' if c.group_by else '')
     self.info.metadata.update({
         'class_counts': counts, 'split_sizes': {s: sum(v.values()) for s, v in counts.items()},
         'skipped': skipped, 'num_skipped': len(skipped), 'moved_to_keep_duplicates_together': moved,
         'conflicts': [{k: v for k, v in conflict.items() if k != 'indices'} for conflict in conflicts],
         'layout': 'given splits' if fixed is not None else 'class folders, split automatically',
-        'validation_carved': 'validation' not in tree, 'grouping': grouping,
-        'case_hint': '' if grouping else case_hint([str(entries[i][2].relative_to(root)) for i in keep]),
+        'validation_carved': 'validation' not in tree, 'grouping': grouping, 'num_cases': len(cases),
+        'case_hint': '' if grouping else case_hint([str(entries[i][2].relative_to(root)) for i in keep],
+                                                   c.test_fraction if fixed is None else 0.0, c.val_fraction),
         'root': str(root)})
     report(class_names, counts, skipped, moved, conflicts)
     logging.info('Writing the dataset\'s files (%d images).', len(keep))
     return {s: self._generate_examples(examples[s]) for s in splits.SPLITS}
 
-  def _read_all(self, root: Path, paths: list[Path]):
+  def _read_all(self, root: Path, paths: list[Path], refused: dict):
     c = self.builder_config
 
     def read(path):
+      if path in refused:
+        return None, refused[path]
       if not path.exists():
         return None, 'broken symbolic link'
       if not path.is_file():
@@ -274,14 +413,32 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       except images.ImageError as e:
         return None, str(e).removeprefix(f'{path}: ')
 
-    with concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1))) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1)))
+    try:
       results = list(reading.with_progress(pool.map(read, paths), len(paths), str(root), 'files'))
+    finally:  # Stopped (SIGTERM, an error): don't read the remaining files first.
+      pool.shutdown(wait=True, cancel_futures=True)
     skipped = [{'file': str(p.relative_to(root)), 'reason': why} for p, (_, why) in zip(paths, results) if why]
     return [px for px, _ in results], skipped
 
   def _generate_examples(self, examples):
     for file, cls, pixels, group in examples:
       yield file, {'image': pixels, 'label': cls, 'file': file, 'group': group}
+
+
+def check_given_splits(keys, fixed, paths: list[Path], groups: list, root: Path) -> None:
+  """Refuse a case (or an image) found in two given split folders, naming a file in each."""
+  first = {}
+  for j, (component, split) in enumerate(zip(splits.connected_components(keys), fixed)):
+    if split is None:
+      continue
+    k = first.setdefault(component, j)
+    if fixed[k] != split:
+      shared = (f'case {groups[j]!r}' if groups[j] is not None and groups[j] == groups[k] else
+                'a case or identical images')
+      raise UserError(f'{paths[k].relative_to(root)} (given as {fixed[k]}) and {paths[j].relative_to(root)} (given '
+                       f'as {split}) share {shared}: the given splits would leak into each other. Keep each case in '
+                       'one split folder, or correct the grouping.')
 
 
 def label_conflicts(hashes: dict[int, str], classes: list[str], paths: list[Path], root: Path) -> list[dict]:
