@@ -2,6 +2,8 @@
 trains each fold (resumable) and its table."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from anatomy_jax import datasets, settings
 from anatomy_jax.datasets import splits
 from anatomy_jax.errors import UserError
 from anatomy_jax.experiments import cross_validate
-from conftest import pattern
+from conftest import REPO, pattern
 
 CLASSES = ('disc', 'horizontal', 'vertical')
 LENET_TINY = f'{settings.CONFIGS / "lenet.py"}:tiny'
@@ -144,3 +146,11 @@ def test_cross_validation_table_resume_and_refusal(tmp_path, monkeypatch):
     cross_validate.run_cross_validation(LENET_TINY, 3, root, out, overrides + ['seed=1'])
   with pytest.raises(UserError, match='folds'):
     cross_validate.run_cross_validation(LENET_TINY, 4, root, out, overrides)
+  # The program: the same OUT, nothing left to train; it prints the table.
+  command = [sys.executable, '-m', 'anatomy_jax.experiments.cross_validate', f'--config={LENET_TINY}', '--folds=3',
+             f'--manual_dir={root}', f'--outdir={out}'] + [f'--override={o}' for o in overrides]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert '| mean ± std |' in done.stdout and 'Starting lenet' not in done.stderr
+  refused = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert refused.returncode == 1 and 'other settings (overrides differ' in refused.stderr
