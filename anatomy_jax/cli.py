@@ -116,8 +116,9 @@ def _parser(doc: str):
         settings.make_importable(a.split('=', 1)[1])
     try:
       rest = FLAGS(argv)
-      if 'config' in FLAGS and FLAGS['config'].present:
+      if 'config' in FLAGS and FLAGS['config'].present and not isinstance(FLAGS.config, str):
         FLAGS.config.keys()  # A config file that failed to load raises on first use, not at parse time.
+        # (A plain string --config, as cross_validate's, is a path its program loads itself.)
       return rest
     except Exception as e:  # absl and ml_collections raise several kinds; all are about the command line.
       message = settings.explain_flag_error(e, argv)

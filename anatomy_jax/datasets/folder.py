@@ -29,6 +29,11 @@ links to files and folders are followed when they resolve inside the image folde
 skipped and reported by name otherwise. Identical images under different classes (label conflicts) are left
 out of every split and reported (`conflicts`): no label can be right for both. An empty class folder, a single
 class, or a class in test/val but not in train stop the build with a message naming the folder.
+
+Cross-validation (`num_folds` K >= 2, `fold` k): the cases (any grouping option above; without one, groups of
+identical images) are dealt into K folds, stratified by class (`splits.assign_folds`, seeded by `fold_seed`);
+fold k is the test split and validation is carved from the other folds' cases (val_fraction). Every image is in
+exactly one fold's test split, and no case is split between folds. Needs the PATH/<class>/<files> layout.
 """
 
 import collections
@@ -63,6 +68,9 @@ class FolderConfig(tfds.core.BuilderConfig):
   test_fraction: float = 0.1
   val_fraction: float = 0.2
   max_pixels: int = images.MAX_PIXELS
+  num_folds: int = 0  # K-fold cross-validation: 0 off; else test = fold `fold` of `num_folds` (see below).
+  fold: int = 0
+  fold_seed: int = 0
 
   @classmethod
   def from_config(cls, config) -> 'FolderConfig':
@@ -78,6 +86,13 @@ class FolderConfig(tfds.core.BuilderConfig):
                   group_csv=str(Path(f.group_csv).expanduser().absolute()) if f.group_csv else '',
                   group_regex=f.group_regex, group_by=f.get('group_by', ''), test_fraction=float(f.test_fraction),
                   val_fraction=float(f.val_fraction), max_pixels=int(f.get('max_pixels', images.MAX_PIXELS)))
+    num_folds = int(f.get('num_folds', 0))
+    if num_folds:  # Only then in the fields: the names (so the builds) of folders without folds are unchanged.
+      fields.update(num_folds=num_folds, fold=int(f.get('fold', 0)), fold_seed=int(f.get('fold_seed', 0)))
+      if num_folds < 2 or not 0 <= fields['fold'] < num_folds:
+        raise UserError(f'folder.num_folds={num_folds}, folder.fold={fields["fold"]}: cross-validation needs '
+                         'num_folds >= 2 and 0 <= fold < num_folds, e.g. --config.folder.num_folds=5 '
+                         '--config.folder.fold=0.')
     if fields['channels'] not in (1, 3):
       raise UserError(f'folder.channels must be 1 or 3, got {fields["channels"]}.')
     if fields['group_by'] not in GROUP_BY:
@@ -362,7 +377,17 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     given = [entries[i][0] for i in keep]
     fixed = None if given[0] is None else [g if g != 'train' or 'validation' in tree else None for g in given]
     test_fraction = c.test_fraction if fixed is None else 0.0
-    if fixed is not None:
+    fold_sizes = None
+    if c.num_folds:
+      if fixed is not None:
+        raise UserError(f'{root} has given splits (train/, test/): cross-validation folds are made from class '
+                         'folders alone (PATH/<class>/<files>); put every image there, or set '
+                         '--config.folder.num_folds=0.')
+      # The test split is one fold of cases; validation is carved from the other folds' cases as usual.
+      folds = splits.assign_folds(keys, [class_names.index(entries[i][1]) for i in keep], c.num_folds, c.fold_seed)
+      fixed, test_fraction = ['test' if f == c.fold else None for f in folds], 0.0
+      fold_sizes = np.bincount(folds, minlength=c.num_folds).tolist()
+    elif fixed is not None:
       check_given_splits(keys, fixed, [entries[i][2] for i in keep], [groups[i] for i in keep], root)
     assignment = splits.assign_splits(keys, test_fraction, c.val_fraction, fixed)
     moved = sum(1 for g, a in zip(given, assignment) if g is not None and g != a and not (
@@ -387,7 +412,10 @@ class Folder(tfds.core.GeneratorBasedBuilder):
         'class_counts': counts, 'split_sizes': {s: sum(v.values()) for s, v in counts.items()},
         'skipped': skipped, 'num_skipped': len(skipped), 'moved_to_keep_duplicates_together': moved,
         'conflicts': [{k: v for k, v in conflict.items() if k != 'indices'} for conflict in conflicts],
-        'layout': 'given splits' if fixed is not None else 'class folders, split automatically',
+        'layout': ('given splits' if given[0] is not None else f'class folders, fold {c.fold} of {c.num_folds} '
+                   'as test' if c.num_folds else 'class folders, split automatically'),
+        **({'folds': {'num_folds': c.num_folds, 'fold': c.fold, 'fold_seed': c.fold_seed,
+                      'fold_sizes': fold_sizes}} if c.num_folds else {}),
         'validation_carved': 'validation' not in tree, 'grouping': grouping, 'num_cases': len(cases),
         'case_hint': '' if grouping else case_hint([str(entries[i][2].relative_to(root)) for i in keep],
                                                    c.test_fraction if fixed is None else 0.0, c.val_fraction),
