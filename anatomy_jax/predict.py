@@ -6,15 +6,17 @@
 Each file (directories are searched recursively) is read as the training data was (`data/images.py`:
 PNG/JPEG/BMP/TIFF/DICOM, stored size, channels) and preprocessed as in evaluation. Prints and writes a CSV row
 per file: path, predicted class, its probability, whether that is below --low_confidence, and each class's
-probability (with --tta, averaged over the centre and corner crops and their mirror images). A low-confidence
-flag is a hint to look at the image, not a detector of images unlike the training data: a network can be
-confidently wrong about a class it never saw.
+probability in a column p_<class> (with --tta, averaged over the centre and corner crops and their mirror
+images). A low-confidence flag is a hint to look at the image, not a detector of images unlike the training
+data: a network can be confidently wrong about a class it never saw.
 
-Files that can't be read are reported by name and skipped; the exit status is then 3 (0: all classified; 1: an
-error stopped the run; 2: a bad command line). The output path is checked before anything is classified, and
-an existing CSV is never replaced by an empty one.
+Files that can't be read (and FIFOs, sockets and devices, which are never opened) are reported by name and
+skipped; the exit status is then 3 (0: all classified; 1: an error stopped the run; 2: a bad command line).
+The output path is checked before anything is classified: an existing file is replaced only when it is a CSV
+that predict wrote, and never by an empty one.
 """
 
+import math
 import sys
 from pathlib import Path
 
@@ -32,13 +34,15 @@ flags.DEFINE_string('output', '', 'CSV to write (default: WORKDIR/predictions.cs
 flags.DEFINE_bool('tta', False, 'Average the probabilities over crops and mirror images (test-time augmentation).')
 flags.DEFINE_float('low_confidence', 0.6, 'Flag predictions whose probability is below this (a hint to check '
                    'the image by eye; 0 turns it off).')
+flags.register_validator('low_confidence', lambda v: math.isfinite(v) and 0 <= v <= 1,
+                         'must be a probability from 0 to 1 (0 turns the flag off), e.g. --low_confidence=0.6')
 
 
 def main(paths: list[str]):
   if not paths:
     raise UserError('Name the image files or folders to classify (see --help).')
   output = Path(FLAGS.output) if FLAGS.output else Path(FLAGS.workdir) / 'predictions.csv'
-  files.check_writable(output.parent, 'output directory', '--output')
+  classify.check_output(output)
   run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
   rows, skipped = classify.predict_files(run, classify.expand(paths), FLAGS.low_confidence, tta=FLAGS.tta)
   width = max([len(r['file']) for r in rows] + [4])

@@ -36,6 +36,9 @@ def get_config(variant_name: str = ''):
   c.folder.test_fraction = 0.1  # Share of images in test when the folder has no test/ subfolder.
   c.folder.val_fraction = 0.2  # Share of the remaining images in validation when there is no val/ subfolder.
   c.folder.max_pixels = 100_000_000  # Larger images (width x height) are skipped and reported, not decoded.
+  c.folder.num_folds = 0  # K-fold cross-validation by case (0: off): test = fold `fold`; see experiments/cross_validate.
+  c.folder.fold = 0  # Which of the num_folds folds is the test split (0 .. num_folds - 1).
+  c.folder.fold_seed = 0  # Seeds how cases are dealt into folds (the same folds for every training seed).
   # Preprocessing, as DIGITS does it (done on the device inside the jitted step).
   c.image_size = 256  # Images are resized to this square before cropping (DIGITS stores 256x256).
   c.crop_size = 227  # Random crop in training, centre crop in evaluation; must equal the network's input size.
@@ -48,7 +51,10 @@ def get_config(variant_name: str = ''):
   c.augment.rotation = 0.0  # Random rotations of up to this many degrees either way.
   c.augment.brightness = 0.0  # Random brightness shifts of up to this fraction of the pixel range.
   c.augment.contrast = 0.0  # Random contrast factors in [1 - this, 1 + this].
-  # Solver: Caffe SGD as DIGITS runs it.
+  c.augment.zoom = (1.0, 1.0)  # Random magnification in [lo, hi], log-uniform; lo < 1 zooms out (pads with the mean).
+  c.augment.shift = 0.0  # Random translation of up to this fraction of the image side, each axis, either way.
+  # Solver: Caffe SGD as DIGITS runs it (or AdamW).
+  c.optimizer = 'sgd'  # 'sgd' (Caffe's SGD with momentum, below) or 'adamw' (optax; decoupled decay on kernels).
   c.num_epochs = 30  # Training epochs.
   c.batch_size = 100  # Global training batch, split over all devices of all processes.
   c.eval_batch_size = 100  # Global evaluation batch (padded and masked: every example counts once).
@@ -80,6 +86,9 @@ def get_config(variant_name: str = ''):
   c.log_every_steps = 50  # Progress line (loss, images/s, ETA) every this many steps...
   c.log_every_seconds = 30.0  # ...or after this many seconds, whichever comes first.
   c.plots = True  # Write training-curve PNGs at the end of the run.
+  # Resuming with settings that change what is computed (learning rate, preprocessing, ...) is refused unless
+  # this is True; accepted changes are recorded in results.json with the step they took effect.
+  c.accept_config_changes = False
   return variant(c, variant_name)
 
 

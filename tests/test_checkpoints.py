@@ -66,7 +66,9 @@ def test_truncated_latest_checkpoint_falls_back_to_the_one_before(base, tmp_path
 
 def test_non_finite_loss_stops_and_the_rerun_starts_before_it(base, tmp_path):
   workdir = copy_run(base, tmp_path)
-  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.learning_rate=1e12')
+  # A changed learning rate is a changed setting: accepted explicitly (issue 24, finding 1).
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.learning_rate=1e12',
+             '--config.accept_config_changes=True')
   assert out.returncode == 1 and 'Traceback' not in out.stderr
   m = re.search(r'non-finite between steps (\d+) and (\d+)', out.stderr)
   assert m, out.stderr[-2000:]
@@ -79,7 +81,7 @@ def test_non_finite_loss_stops_and_the_rerun_starts_before_it(base, tmp_path):
   saved = sorted(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir() if p.name.isdigit())
   assert max(saved) == resume and (workdir / 'checkpoints' / 'corrupt' / f'latest_{set_aside}').is_dir()
   assert not any('.orbax-checkpoint-tmp' in p.name for p in (workdir / 'checkpoints' / 'latest').iterdir())
-  again = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2')
+  again = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.accept_config_changes=True')
   assert again.returncode == 0 and f'Resumed lenet from step {resume}' in again.stderr, again.stderr[-2000:]
 
 

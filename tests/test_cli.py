@@ -8,7 +8,7 @@ from conftest import run_program as run
 
 PROGRAMS = ['anatomy_jax.main', 'anatomy_jax.evaluate', 'anatomy_jax.predict', 'anatomy_jax.benchmark',
             'anatomy_jax.models', 'anatomy_jax.experiments.table2', 'anatomy_jax.experiments.learning_curve',
-            'anatomy_jax.experiments.visualize']
+            'anatomy_jax.experiments.visualize', 'anatomy_jax.experiments.cross_validate']
 
 
 def test_main_help_lists_configs_variants_and_fields():
@@ -23,7 +23,7 @@ def test_main_help_lists_configs_variants_and_fields():
 def test_every_program_has_help_that_exits_zero(module):
   out = run(module, '-h')
   assert out.returncode == 0 and out.stdout.startswith(('Evaluate', 'Classify', 'Speed', 'Print', 'The paper',
-                                                        'Accuracy', 'Pictures')), (module, out.stdout[:200])
+                                                        'Accuracy', 'Pictures', 'K-fold')), (module, out.stdout[:200])
 
 
 @pytest.mark.parametrize('args,message', [
@@ -32,7 +32,7 @@ def test_every_program_has_help_that_exits_zero(module):
      "comment, is in configs/default.py; a network's options are under model_kwargs."),
     (['--config=configs/nonexistent.py', '--workdir=W'],
      'error: --config=configs/nonexistent.py: no such config file. The configs: configs/alexnet.py, '
-     'configs/googlenet.py, configs/lenet.py, configs/proposed.py'),
+     'configs/googlenet.py, configs/lenet.py, configs/own_images.py, configs/proposed.py'),
     (['--config=configs/proposed.py:tinny', '--workdir=W'],
      "error: --config=configs/proposed.py:tinny: unknown config variant 'tinny'; valid: quick, tiny."),
     (['--config=configs/proposed.py'], 'error: --workdir is required.'),

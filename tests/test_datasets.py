@@ -116,8 +116,9 @@ def test_bad_folder_structure_is_a_clear_error(setup, message, image_folder, tmp
 
 def test_too_few_groups_for_a_split_is_a_clear_error(tmp_path):
   root = make_image_folder(tmp_path / 'img', per_class=4)
-  with pytest.raises(ValueError, match='split would be empty: 12 readable images in too few groups'):
-    load(root, tmp_path, group_regex='(img)')  # One group: everything lands in one split.
+  with pytest.raises(ValueError, match=r"split would be empty: 12 readable images in too few groups \(3 cases "
+                                       r"from folder.group_regex='\^\(\[a-z\]\+\)/'\)"):
+    load(root, tmp_path, group_regex='^([a-z]+)/')  # Three groups (the classes) for three splits: one is empty.
 
 
 def test_class_in_test_but_not_train(tmp_path):
@@ -256,7 +257,7 @@ def test_every_file_is_used_or_reported(image_folder, tmp_path):
   nan[3, 4] = np.nan
   Image.fromarray(nan, 'F').save(image_folder / 'disc' / 'nan.tif')
   (image_folder / 'disc' / 'gone.png').symlink_to(tmp_path / 'missing.png')
-  extra = make_image_folder(tmp_path / 'elsewhere', per_class=20, classes=('vertical',), seed=3)
+  extra = make_image_folder(image_folder / '.more', per_class=20, classes=('vertical',), seed=3)  # Inside: followed.
   (image_folder / 'vertical' / 'linked').symlink_to(extra / 'vertical', target_is_directory=True)
   shutil.copy(image_folder / 'horizontal' / 'img_001.png', image_folder / 'vertical' / 'conflict.png')
   ds = load(image_folder, tmp_path)

@@ -95,7 +95,7 @@ def test_predict_on_files_reports_and_skips_bad_ones(trained, tmp_path):
   rows = list(csv.DictReader(open(output)))
   assert len(rows) == 4  # Three training files and the extension-less DICOM.
   for row in rows:
-    probs = [float(row[c]) for c in ('dicom', 'disc', 'horizontal', 'vertical')]
+    probs = [float(row[f'p_{c}']) for c in ('dicom', 'disc', 'horizontal', 'vertical')]
     assert sum(probs) == pytest.approx(1, abs=1e-5)
     assert row['predicted'] == ('dicom', 'disc', 'horizontal', 'vertical')[int(np.argmax(probs))]
     assert float(row['probability']) == pytest.approx(max(probs), abs=1e-6)

@@ -130,9 +130,9 @@ def test_case_accuracy_by_majority_vote():
 def test_case_groups_warning_and_per_case_evaluation(tmp_path):
   root = tmp_path / 'cases'
   for cls in ('disc', 'vertical'):
-    make_image_folder(tmp_path / 'tmp', per_class=60, classes=(cls,), seed=len(cls))
+    make_image_folder(tmp_path / 'tmp', per_class=60, classes=(cls,), seed=len(cls) + 1)  # Both classes in test.
     for i, f in enumerate(sorted((tmp_path / 'tmp' / cls).iterdir())):
-      target = root / cls / f'patient{i // 3:02d}'  # Three images a patient.
+      target = root / cls / f'{cls}_patient{i // 3:02d}'  # Three images a patient; one name, one patient.
       target.mkdir(parents=True, exist_ok=True)
       f.rename(target / f.name)
   config = tiny_config('lenet', root, tmp_path / 'tfds', num_epochs=1, **{'folder.image_size': 28})

@@ -58,11 +58,21 @@ def proposed_params(c, k):
           + fc(2 * 2 * 256, 4096) + fc(4096, k))
 
 
+def resnet_params(c, k):
+  # Bias-free convolutions; each GroupNorm has a scale and a shift per channel. 128 -> 64 (stem) -> 32 (pool).
+  norm = lambda ch: 2 * ch
+  block = lambda cin, cout: (9 * cin * cout + norm(cout) + 9 * cout * cout + norm(cout)
+                             + (cin * cout + norm(cout) if cin != cout else 0))
+  return (25 * c * 32 + norm(32) + block(32, 32) + block(32, 64) + block(64, 128) + block(128, 256)
+          + fc(256, k))
+
+
 EXPECTED_PARAMS = {
     'lenet': lenet_params,
     'alexnet': alexnet_params,
     'googlenet': googlenet_params,
     'proposed': proposed_params,
+    'resnet': resnet_params,
 }
 
 
@@ -96,7 +106,8 @@ def test_parameter_count(name, channels, classes):
   assert count_params(variables['params']) == EXPECTED_PARAMS[name](channels, classes)
 
 
-@pytest.mark.parametrize('name,size', [('lenet', 28), ('alexnet', 227), ('googlenet', 224), ('proposed', 227)])
+@pytest.mark.parametrize('name,size', [('lenet', 28), ('alexnet', 227), ('googlenet', 224), ('proposed', 227),
+                                       ('resnet', 128)])
 @pytest.mark.parametrize('channels', [1, 3])
 def test_output_shapes(name, size, channels):
   model = get_model(name, num_classes=6)
@@ -106,6 +117,13 @@ def test_output_shapes(name, size, channels):
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
   assert set(out) == set(loss_weights(model))  # Every head the network declares, and no other.
   assert all(v.shape == (3, 6) and v.dtype == jnp.float32 for v in out.values())
+
+
+def test_resnet_totals_and_shapes():
+  # 1 channel, 5 classes: 1,226,336 in the body (the table in models/resnet.py) + the classifier.
+  assert resnet_params(1, 5) == 1_226_336 + 256 * 5 + 5
+  shapes = {name: shape for name, shape, _ in layer_table(get_model('resnet', num_classes=5))}
+  assert [shapes[f'stage{i}_0'][1:] for i in range(1, 5)] == [(32, 32, 32), (16, 16, 64), (8, 8, 128), (4, 4, 256)]
 
 
 def test_layer_shapes_follow_caffe_ceil_pooling():
@@ -170,8 +188,8 @@ def test_lrn_matches_numpy_formula_on_random_inputs():
 
 
 def test_unknown_model_lists_valid_names():
-  with pytest.raises(ValueError, match='alexnet, googlenet, lenet, proposed'):
-    get_model('resnet', num_classes=2)
+  with pytest.raises(ValueError, match='alexnet, googlenet, lenet, proposed, resnet'):
+    get_model('vgg', num_classes=2)
 
 
 def test_wrong_input_size_is_a_clear_error():
@@ -196,7 +214,8 @@ def test_googlenet_declares_its_auxiliary_heads():
     assert set(out) == {'logits', 'loss1', 'loss2'} and all(v.shape == (2, 4) for v in out.values())
 
 
-@pytest.mark.parametrize('name,has_dropout', [('alexnet', True), ('lenet', False), ('proposed', False)])
+@pytest.mark.parametrize('name,has_dropout', [('alexnet', True), ('lenet', False), ('proposed', False),
+                                              ('resnet', True)])
 def test_dropout_changes_outputs_only_in_training(name, has_dropout):
   model = get_model(name, num_classes=3)
   x = jax.random.normal(jax.random.key(0), (2, model.input_size, model.input_size, 1))

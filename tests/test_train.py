@@ -141,7 +141,7 @@ def test_tiny_run_writes_results_and_resumes(image_folder, tmp_path):
 
 
 @pytest.mark.parametrize('flag,message', [
-    ('--config.model=resnet', "config.model='resnet': must be one of lenet, alexnet, googlenet, proposed"),
+    ('--config.model=vgg', "config.model='vgg': must be one of lenet, alexnet, googlenet, proposed, resnet"),
     ('--config.dataset=imagenet', "config.dataset='imagenet': must be one of mednist, folder"),
     ('--config.crop_size=200', 'config.crop_size=200: proposed takes 227x227 input: set --config.crop_size=227'),
     ('--config.no_such_field=1', "--config.no_such_field: 'no_such_field' is not a config field"),

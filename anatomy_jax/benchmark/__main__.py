@@ -22,17 +22,30 @@ config_flags.DEFINE_config_file('config', None, 'Config file (configs/MODEL.py, 
                                 lock_config=True)
 flags.DEFINE_string('workdir', '', 'Unused (nothing is written): accepted so that older command lines run.')
 flags.DEFINE_string('output', '', 'JSON file to write (default: print only).')
-flags.DEFINE_integer('steps', 20, 'Steps per timed run.')
-flags.DEFINE_integer('repeats', 5, 'Timed runs (after one warm-up run).')
+flags.DEFINE_integer('steps', 20, 'Steps per timed run.', lower_bound=1)
+flags.DEFINE_integer('repeats', 5, 'Timed runs (after one warm-up run).', lower_bound=1)
 flags.DEFINE_list('torch', [], f'Also time the PyTorch peer: any of {",".join(torch_peer.MODES)}.')
 flags.DEFINE_bool('table', False, 'Print a markdown table of the JSON files given as arguments, then exit.')
+
+
+def _read_record(path: str) -> dict:
+  """One saved benchmark JSON, or a one-line error naming the file."""
+  try:
+    record = json.loads(Path(path).read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f'--table {path}: not a readable benchmark JSON ({getattr(e, "strerror", None) or e}).') from e
+  missing = [k for k in ('model', 'device', 'dtype', 'batch_size', 'train_step', 'train_end_to_end', 'eval',
+                         'end_to_end_over_step', 'compile_s') if not isinstance(record, dict) or k not in record]
+  if missing:
+    raise UserError(f'--table {path}: not a benchmark JSON written by --output (no {", ".join(missing)}).')
+  return record
 
 
 def main(args):
   if FLAGS.table:
     if not args:
       raise UserError('--table needs benchmark JSON files as arguments.')
-    print(speed.markdown_table([json.loads(Path(f).read_text()) for f in args]))
+    print(speed.markdown_table([_read_record(f) for f in args]))
     return
   if args:
     cli.refuse_arguments(args)
@@ -41,6 +54,12 @@ def main(args):
   unknown = set(FLAGS.torch) - set(torch_peer.MODES)
   if unknown:
     raise UserError(f'--torch={",".join(FLAGS.torch)}: modes are {", ".join(torch_peer.MODES)}.')
+  if FLAGS.output:  # Checked before the work, not after it.
+    output = Path(FLAGS.output)
+    if output.is_dir() or (output.exists() and not output.is_file()):
+      raise UserError(f'--output={output} is {"a folder" if output.is_dir() else "not a regular file"}: name the '
+                      f'JSON file to write, e.g. --output={output / "bench.json" if output.is_dir() else "bench.json"}.')
+    files.check_writable(output.parent, 'output directory', '--output')
   r = speed.benchmark(FLAGS.config, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
   print(speed.summary_line(r))
   if FLAGS.output:

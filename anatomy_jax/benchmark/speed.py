@@ -46,6 +46,7 @@ def peak_memory_bytes() -> int | None:
 
 def benchmark(config, steps_per_run: int = 20, repeats: int = 5, torch_modes=()) -> dict:
   """Every figure of the package docstring for `config`, as a JSON-ready dict."""
+  train.check_config(config)  # A bad config is one line before anything is loaded (as for training).
   phase = Phases()
   with phase('setup: data, model, optimizer'):
     data, programs = train.build(config)

@@ -83,10 +83,28 @@ def _layers(num_classes: int, channels: int):
         nn.Conv2d(channels, 96, 11, 4), relu(), lrn(), pool(3, 2), nn.Conv2d(96, 256, 5, 2, 2), relu(),
         pool(3, 2), nn.Conv2d(256, 384, 3, 2, 1), relu(), nn.Conv2d(384, 256, 3, 2, 1), relu(), nn.Flatten(),
         nn.Linear(1024, 4096), relu(), nn.Linear(4096, num_classes))
-  return {'lenet': lenet, 'alexnet': alexnet, 'googlenet': GoogLeNet, 'proposed': proposed}
+
+  class Block(nn.Module):  # anatomy_jax.models.resnet.Block.
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      norm = lambda c: nn.GroupNorm(min(8, c), c)
+      self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), norm(cout), relu(),
+                                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), norm(cout))
+      self.proj = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
+                   if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+      return torch.relu(self.body(x) + self.proj(x))
+
+  # The default choices of anatomy_jax.models.ResNet.
+  resnet = lambda: nn.Sequential(
+        nn.Conv2d(channels, 32, 5, 2, 2, bias=False), nn.GroupNorm(8, 32), relu(), nn.MaxPool2d(3, 2, 1),
+        Block(32, 32, 1), Block(32, 64, 2), Block(64, 128, 2), Block(128, 256, 2), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(256, num_classes))
+  return {'lenet': lenet, 'alexnet': alexnet, 'googlenet': GoogLeNet, 'proposed': proposed, 'resnet': resnet}
 
 
-PEERS = ('lenet', 'alexnet', 'googlenet', 'proposed')  # The names `_layers` builds.
+PEERS = ('lenet', 'alexnet', 'googlenet', 'proposed', 'resnet')  # The names `_layers` builds.
 
 
 def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats: int = 5,

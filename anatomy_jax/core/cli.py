@@ -127,8 +127,9 @@ def _parser(doc: str, required: Sequence[str], args: str | None):
       _usage_error(str(e))
     try:
       rest = FLAGS(argv)
-      if 'config' in FLAGS and FLAGS['config'].present:
+      if 'config' in FLAGS and FLAGS['config'].present and not isinstance(FLAGS.config, str):
         FLAGS.config.keys()  # A config file that failed to load raises on first use, not at parse time.
+        # (A plain string --config, as cross_validate's, is a path its program loads itself.)
     except Exception as e:  # What our own checks let through; absl and ml_collections raise several kinds.
       _usage_error(config_lib.last_line(e))
     for name in required:

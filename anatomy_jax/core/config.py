@@ -215,6 +215,7 @@ def validate(config, *, input_sizes: Mapping[str, int], datasets: Sequence[str] 
   check_choice(config, 'lr_schedule', ('step', 'cosine'))
   check_choice(config, 'class_weights', ('none', 'balanced'))
   check_choice(config, 'folder.group_by', ('', 'subfolder', 'filename'))
+  check_choice(config, 'optimizer', ('sgd', 'adamw'))
   for field, example in (('num_epochs', 30), ('batch_size', 64), ('eval_batch_size', 100), ('image_size', 256),
                          ('crop_size', 227), ('keep_checkpoints', 3), ('log_every_steps', 50),
                          ('folder.image_size', 256), ('folder.max_pixels', 100_000_000)):
@@ -233,6 +234,18 @@ def validate(config, *, input_sizes: Mapping[str, int], datasets: Sequence[str] 
   for field, example in (('label_smoothing', 0.1), ('augment.brightness', 0.1), ('augment.contrast', 0.2)):
     check_number(config, field, lo=0, hi=1, hi_open=True, example=example)
   check_number(config, 'augment.resized_crop', lo=0, hi=1, example=0.5)
+  check_number(config, 'augment.shift', lo=0, hi=1, hi_open=True, example=0.1)
+  zoom = tuple(config.augment.zoom)
+  if len(zoom) != 2 or not all(isinstance(z, (int, float)) and math.isfinite(z) for z in zoom) or not (
+      0 < zoom[0] <= zoom[1]):
+    raise UserError(f'config.augment.zoom={config.augment.zoom!r}: must be (lo, hi) with 0 < lo <= hi, e.g. '
+                    '--config.augment.zoom=(0.7,1.3) (1, 1: off).')
+  for field, example in (('folder.num_folds', 5), ('folder.fold', 0), ('folder.fold_seed', 0)):
+    check_number(config, field, lo=0, integer=True, example=example)
+  if config.folder.num_folds and (config.folder.num_folds < 2 or config.folder.fold >= config.folder.num_folds):
+    raise UserError(f'config.folder.num_folds={config.folder.num_folds}, config.folder.fold={config.folder.fold}: '
+                    'cross-validation needs num_folds >= 2 and fold < num_folds, e.g. --config.folder.num_folds=5 '
+                    '--config.folder.fold=0.')
   check_number(config, 'train_fraction', lo=0, hi=1, lo_open=True, example=0.1)
   check_number(config, 'scale', lo=0, lo_open=True, example=1.0)
   check_number(config, 'log_every_seconds', lo=0, lo_open=True, example=30)

@@ -4,6 +4,7 @@ checking up front that a directory can be written."""
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -26,8 +27,27 @@ def write_text(path: str | Path, text: str) -> Path:
   return path
 
 
+def finite_or_null(obj):
+  """`obj` with every NaN and infinity as None: JSON has no NaN, and a bare `NaN` makes the file unreadable to
+  strict readers (a figure that is undefined, e.g. the AUC of a class absent from the split, reads as null)."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: finite_or_null(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_or_null(v) for v in obj]
+  if hasattr(obj, 'item') and getattr(obj, 'ndim', None) == 0:  # NumPy scalars.
+    return finite_or_null(obj.item())
+  return obj
+
+
+def to_json(obj, **kwargs) -> str:
+  """Strict JSON (no NaN/Infinity): non-finite numbers are written as null."""
+  return json.dumps(finite_or_null(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path: str | Path, obj) -> Path:
-  return write_text(path, json.dumps(obj, indent=2) + '\n')
+  return write_text(path, to_json(obj, indent=2) + '\n')
 
 
 def write_csv(path: str | Path, rows: list[dict], fields: list[str]) -> Path:

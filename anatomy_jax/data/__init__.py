@@ -11,6 +11,6 @@ examples and batches, and the preprocessing and augmentation that run on the dev
 
 MAY_IMPORT = ('core',)
 
-from anatomy_jax.data.dataset import BUILDERS, Dataset, Split, load_dataset  # noqa: E402
+from anatomy_jax.data.dataset import BUILDERS, Dataset, Split, check_outside, load_dataset  # noqa: E402
 
-__all__ = ['BUILDERS', 'Dataset', 'Split', 'load_dataset']
+__all__ = ['BUILDERS', 'Dataset', 'Split', 'check_outside', 'load_dataset']

@@ -12,6 +12,9 @@ import functools
 import fcntl
 import hashlib
 import io
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from anatomy_jax.core.errors import UserError
+from anatomy_jax.core.errors import Interrupted, UserError
 from anatomy_jax.data import splits
 
 
@@ -102,15 +105,46 @@ def _build_lock(builder):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _remove_incomplete(builder) -> None:
+  """Delete what a killed preparation of this dataset version left (TFDS's `incomplete.*` folders beside the
+  version folder): under the build lock nobody else is writing them, and a preparation starts afresh."""
+  parent = Path(builder.data_path).parent
+  if not parent.is_dir():
+    return
+  for left in parent.glob(f'incomplete.*_{Path(builder.data_path).name}'):
+    logging.info('Removing %s, left by a preparation that was stopped.', left)
+    shutil.rmtree(left, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+  """SIGTERM during preparation raises (in the main thread), so that TFDS deletes its half-written folder
+  instead of the process dying with it in place; the previous handler is restored after."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handle(signum, frame):
+    raise Interrupted('SIGTERM received while preparing the dataset: stopped; nothing half-written is kept, and '
+                      'the next run prepares it afresh.', 128 + signum)
+
+  previous = signal.signal(signal.SIGTERM, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def prepare(config):
   """Build the dataset's files once; with several processes, process 0 builds while the others wait."""
   builder = get_builder(config)
   if jax.process_index() == 0:
     with _build_lock(builder):
+      _remove_incomplete(builder)
       if not Path(builder.data_path).exists():
         started = time.monotonic()
         logging.info('Preparing dataset %s in %s (once; later runs reuse it).', builder.name, builder.data_dir)
-        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints size banners we have no use for.
+        with contextlib.redirect_stdout(io.StringIO()), _stop_on_sigterm():  # Stdout: TFDS's size banners.
           builder.download_and_prepare(file_format='array_record')
         logging.info('Prepared %s in %.0f s.', builder.name, time.monotonic() - started)
   if jax.process_count() > 1:
@@ -147,3 +181,10 @@ def load_dataset(config) -> Dataset:
   logging.info('Dataset %s: %s; classes %s', builder.name, {k: len(v) for k, v in data.items()},
                info.features['label'].names)
   return Dataset(builder.name, list(info.features['label'].names), data, metadata, groups)
+
+
+def check_outside(root, path, what: str = 'The workdir') -> None:
+  """Refuse `path` inside or equal to the image folder `root` (config.manual_dir): the run's own files would
+  become part of the dataset (a class, next time). Call it wherever a workdir meets a folder dataset."""
+  from anatomy_jax.data.folder import check_outside as check
+  check(root, path, what)

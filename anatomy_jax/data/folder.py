@@ -11,16 +11,29 @@ stored at `image_size` x `image_size` (aspect kept, padded); originals are never
 content and, when given, by group (a CSV `path,group` or a regex on the relative path), so identical images and
 all images of one patient stay in one split. Class names are the sorted folder names.
 
-Cases (patients, studies) are read as `cases.py` says, from `folder.group_by`, `group_csv` or `group_regex`;
-when none is given the build looks for a pattern and the training run says which option would keep each case in
-one split.
+Cases (patients; read as `cases.py` says): `group_by='subfolder'` makes the first sub-folder of a class folder
+the case (`<class>/<case>/<files>`; `heart/patient03` and `lung/patient03` are one case); `group_by='filename'`
+takes the case from the file name without its trailing number (`pt012_slice07.png` -> `pt012_slice`; a name that is
+only a number names no case); `group_csv` (UTF-8 `path,group` rows) and `group_regex` say it explicitly. Only
+one of the four may be given. A grouping that puts every image in one case is refused, saying so. When none is
+given the build looks for such a pattern and the training run says which flag would keep each case in one
+split, only where that flag would give several cases, fewer than the images, and no empty split.
+
+The dataset's name (its cache key) hashes the options and every file's bytes: files replaced by `cp -p`,
+`rsync -a` or tar, same size and time, make a new build.
 
 Every file is used or reported by name, nothing is dropped or changed silently: files that are not images,
 corrupt or truncated images, DICOMs without pixel data, images above `max_pixels` or holding NaN values, and
 broken symbolic links are skipped, each reported and listed in the dataset's metadata (`skipped`); symbolic
-links to files and folders are followed. Identical images under different classes (label conflicts) are left
+links to files and folders are followed when they resolve inside the image folder (or the class folder), and
+skipped and reported by name otherwise. Identical images under different classes (label conflicts) are left
 out of every split and reported (`conflicts`): no label can be right for both. An empty class folder, a single
 class, or a class in test/val but not in train stop the build with a message naming the folder.
+
+Cross-validation (`num_folds` K >= 2, `fold` k): the cases (any grouping option above; without one, groups of
+identical images) are dealt into K folds, stratified by class (`splits.assign_folds`, seeded by `fold_seed`);
+fold k is the test split and validation is carved from the other folds' cases (val_fraction). Every image is in
+exactly one fold's test split, and no case is split between folds. Needs the PATH/<class>/<files> layout.
 """
 
 import collections
@@ -52,6 +65,9 @@ class FolderConfig(tfds.core.BuilderConfig):
   test_fraction: float = 0.1
   val_fraction: float = 0.2
   max_pixels: int = images.MAX_PIXELS
+  num_folds: int = 0  # K-fold cross-validation: 0 off; else test = fold `fold` of `num_folds` (see below).
+  fold: int = 0
+  fold_seed: int = 0
 
   @classmethod
   def from_config(cls, config) -> 'FolderConfig':
@@ -65,27 +81,78 @@ class FolderConfig(tfds.core.BuilderConfig):
                   group_csv=str(Path(f.group_csv).expanduser().absolute()) if f.group_csv else '',
                   group_regex=f.group_regex, group_by=f.get('group_by', ''), test_fraction=float(f.test_fraction),
                   val_fraction=float(f.val_fraction), max_pixels=int(f.get('max_pixels', images.MAX_PIXELS)))
-    # The name hashes the options and the file listing (names, sizes, times): changed files, new build.
-    found, broken = images.walk_files(root)
-    listing = sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime)) for p in found)
-    listing += sorted((str(p.relative_to(root)), -1, 0) for p, _ in broken)
-    csv_state = Path(fields['group_csv']).read_text() if fields['group_csv'] and Path(
-        fields['group_csv']).is_file() else ''
+    num_folds = int(f.get('num_folds', 0))
+    if num_folds:  # Only then in the fields: the names (so the builds) of folders without folds are unchanged.
+      fields.update(num_folds=num_folds, fold=int(f.get('fold', 0)), fold_seed=int(f.get('fold_seed', 0)))
+      if num_folds < 2 or not 0 <= fields['fold'] < num_folds:
+        raise UserError(f'folder.num_folds={num_folds}, folder.fold={fields["fold"]}: cross-validation needs '
+                         'num_folds >= 2 and 0 <= fold < num_folds, e.g. --config.folder.num_folds=5 '
+                         '--config.folder.fold=0.')
+    given = [f'folder.{k}={fields[k]!r}' for k in ('group_by', 'group_csv', 'group_regex') if fields[k]]
+    if len(given) > 1:
+      raise UserError(f'Only one grouping may be given, got {" and ".join(given)}: keep the one that names the '
+                       'cases.')
+    if fields['group_regex']:
+      cases.compile_group_regex(fields['group_regex'])
+    data_dir = Path(config.get('data_dir') or '~/tensorflow_datasets').expanduser().absolute()
+    check_outside(root, data_dir, 'config.data_dir (where the prepared dataset is written)')
+    # The name hashes the options and the files' contents (a hash of each file's bytes, not its size and time:
+    # files replaced by `cp -p`, `rsync -a` or tar keep both): changed files, new build.
+    refused = {}
+    tree, _ = scan(root, refused)
+    listing = content_listing(root, [p for classes in tree.values() for paths in classes.values() for p in paths],
+                              refused)
+    csv_state = ''
+    if fields['group_csv']:
+      csv_path = Path(fields['group_csv'])
+      cases.read_group_csv(csv_path, root)  # Refuses a bad table now, before anything is prepared.
+      csv_state = hashlib.sha256(csv_path.read_bytes()).hexdigest()
     digest = hashlib.sha256(json.dumps([fields, listing, csv_state]).encode()).hexdigest()[:16]
     return cls(name=f'{root.name or "root"}_{digest}'.replace('-', '_').lower(), **fields)
 
 
-def scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
+def content_listing(root: Path, paths: list[Path], refused: dict) -> list:
+  """(relative path, hash of the bytes) of each file, in order; refused entries (broken links, links outside
+  the folder) are listed with their reason. About 0.3 s for 2,000 small files."""
+  def digest(path):
+    if path in refused or not path.is_file():
+      return refused.get(path, 'not a file')
+    try:
+      with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'blake2b').hexdigest()[:32]
+    except OSError as e:  # Reading it in the build reports it by name; here it only has to count as changed.
+      return f'unreadable: {e.strerror}'
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    hashes = list(pool.map(digest, paths))
+  return sorted(zip((str(p.relative_to(root)) for p in paths), hashes))
+
+
+def check_outside(root: str | Path, path: str | Path, what: str) -> None:
+  """Refuse `path` (a workdir, a data_dir) inside or equal to the image folder `root`: the run's own files
+  would be read as images, or a class, next time. Hidden folders inside it (`.runs/`) are never read: allowed."""
+  root, path = Path(root).expanduser().absolute(), Path(path).expanduser().absolute()
+  real_root, real_path = os.path.realpath(root), os.path.realpath(path)
+  hidden = real_path != real_root and any(
+      part.startswith('.') for part in Path(os.path.relpath(real_path, real_root)).parts)  # Never read.
+  if images.is_inside(path, [real_root]) and not hidden:
+    raise UserError(f'{what} {path} is inside the image folder {root} (config.manual_dir): its files would become '
+                     'part of the dataset. Choose a directory outside the image folder.')
+
+
+def scan(root: Path, refused: dict | None = None) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
   """{split or None: {class: files}} and the layout's class names, checking the folder structure. Broken
-  symbolic links are listed among the files (reading them reports them)."""
+  symbolic links and links leading outside the image folder are listed among the files, with their reason in
+  `refused` ({path: reason}) when given (reading them reports them)."""
   subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')}
   if 'train' in subdirs:
     if 'test' not in subdirs:
       raise UserError(f'{root} has train/ but no test/: add PATH/test/<class>/..., or put the class folders '
                        'directly in PATH to split automatically.')
-    tree = {SPLIT_DIRS[name]: _class_files(path) for name, path in subdirs.items() if name in SPLIT_DIRS}
+    tree = {SPLIT_DIRS[name]: _class_files(path, root, refused) for name, path in subdirs.items()
+            if name in SPLIT_DIRS}
   else:
-    tree = {None: _class_files(root)}
+    tree = {None: _class_files(root, root, refused)}
   train_classes = set(tree.get('train', tree.get(None, {})))
   for split, classes in tree.items():
     extra = set(classes) - train_classes
@@ -100,10 +167,14 @@ def scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
   return tree, names
 
 
-def _class_files(directory: Path) -> dict[str, list[Path]]:
+def _class_files(directory: Path, root: Path, refused: dict | None) -> dict[str, list[Path]]:
+  """Each class folder's files. Links inside it are followed only to places inside the image folder (or the
+  class folder, itself perhaps a link the user made): a link to a system folder must not add its files."""
   classes = {}
   for cls in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith('.')):
-    found, broken = images.walk_files(cls)
+    found, broken = images.walk_files(cls, inside=[root, directory, cls])
+    if refused is not None:
+      refused.update(broken)
     files = sorted(found + [p for p, _ in broken])
     if not files:
       raise UserError(f'The class folder {cls} is empty: add images or remove it.')
@@ -141,21 +212,43 @@ class Folder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     c = self.builder_config
     root = Path(c.root)
-    tree, class_names = scan(root)
+    refused = {}
+    tree, class_names = scan(root, refused)
     entries = [(split, cls, path) for split, classes in tree.items() for cls, paths in classes.items()
                for path in paths]
     groups = cases.read_groups(c, root, [p for _, _, p in entries])
-    pixels, skipped = self._read_all(root, [p for _, _, p in entries])
+    pixels, skipped = self._read_all(root, [p for _, _, p in entries], refused)
     hashes = {i: splits.content_hash(px) for i, px in enumerate(pixels) if px is not None}
     conflicts = label_conflicts(hashes, [cls for _, cls, _ in entries], [p for _, _, p in entries], root)
     excluded = {i for conflict in conflicts for i in conflict['indices']}
     keep = [i for i in hashes if i not in excluded]
     if not keep:
       raise UserError(f'No usable image in {root}: {len(skipped)} skipped, {len(excluded)} in label conflicts.')
+    grouping = cases.grouping_of(c)
+    case_counts = collections.Counter(groups[i] for i in keep) if grouping else collections.Counter()
+    if len(case_counts) == 1:
+      (case, n), = case_counts.items()
+      why = ('the names differ only in their trailing number, so they name no case'
+             if c.group_by == 'filename' else 'one case can not be split into train, validation and test')
+      raise UserError(f'{cases.grouping_of(c, short=True)} put all {n} images in one case ({case!r}), 1 group: '
+                       f'{why}. Name the cases another way (group_by=subfolder for <class>/<case>/<files>, group_csv, '
+                       'group_regex), or give no grouping.')
     keys = [[hashes[i]] + ([f'group:{groups[i]}'] if groups[i] is not None else []) for i in keep]
     given = [entries[i][0] for i in keep]
     fixed = None if given[0] is None else [g if g != 'train' or 'validation' in tree else None for g in given]
     test_fraction = c.test_fraction if fixed is None else 0.0
+    fold_sizes = None
+    if c.num_folds:
+      if fixed is not None:
+        raise UserError(f'{root} has given splits (train/, test/): cross-validation folds are made from class '
+                         'folders alone (PATH/<class>/<files>); put every image there, or set '
+                         '--config.folder.num_folds=0.')
+      # The test split is one fold of cases; validation is carved from the other folds' cases as usual.
+      folds = splits.assign_folds(keys, [class_names.index(entries[i][1]) for i in keep], c.num_folds, c.fold_seed)
+      fixed, test_fraction = ['test' if f == c.fold else None for f in folds], 0.0
+      fold_sizes = np.bincount(folds, minlength=c.num_folds).tolist()
+    elif fixed is not None:
+      check_given_splits(keys, fixed, [entries[i][2] for i in keep], [groups[i] for i in keep], root)
     assignment = splits.assign_splits(keys, test_fraction, c.val_fraction, fixed)
     moved = sum(1 for g, a in zip(given, assignment) if g is not None and g != a and not (
         g == 'train' and a == 'validation'))
@@ -167,33 +260,40 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       examples[split].append((str(path.relative_to(root)), cls, pixels[i], groups[i] or ''))
     for split, n in ((s, sum(counts[s].values())) for s in splits.SPLITS):
       if n == 0:
-        raise UserError(f'The {split} split would be empty: {len(keep)} readable images in too few groups for '
+        made = f' ({len(case_counts)} cases from {cases.grouping_of(c, short=True)})' if grouping else ''
+        raise UserError(f'The {split} split would be empty: {len(keep)} readable images in too few groups{made} for '
                          f'test_fraction={c.test_fraction}, val_fraction={c.val_fraction}. Add images or groups, '
                          f'or change --config.folder.test_fraction / val_fraction.')
     empty = [name for name, n in counts['train'].items() if n == 0]
     if empty:
       raise UserError(f'No training images for class(es) {empty}: all were skipped, or their groups (or '
                        'duplicates) all fell in other splits. Add images or groups for them.')
-    grouping = ('group_csv' if c.group_csv else 'group_regex' if c.group_regex else
-                f'group_by={c.group_by}' if c.group_by else '')
     self.info.metadata.update({
         'class_counts': counts, 'split_sizes': {s: sum(v.values()) for s, v in counts.items()},
         'skipped': skipped, 'num_skipped': len(skipped), 'moved_to_keep_duplicates_together': moved,
         'conflicts': [{k: v for k, v in conflict.items() if k != 'indices'} for conflict in conflicts],
-        'layout': 'given splits' if fixed is not None else 'class folders, split automatically',
-        'validation_carved': 'validation' not in tree, 'grouping': grouping,
-        'case_hint': '' if grouping else cases.case_hint([str(entries[i][2].relative_to(root)) for i in keep]),
+        'layout': ('given splits' if given[0] is not None else f'class folders, fold {c.fold} of {c.num_folds} '
+                   'as test' if c.num_folds else 'class folders, split automatically'),
+        **({'folds': {'num_folds': c.num_folds, 'fold': c.fold, 'fold_seed': c.fold_seed,
+                      'fold_sizes': fold_sizes}} if c.num_folds else {}),
+        'validation_carved': 'validation' not in tree, 'grouping': grouping, 'num_cases': len(case_counts),
+        'case_hint': '' if grouping else cases.case_hint([str(entries[i][2].relative_to(root)) for i in keep],
+                                                         c.test_fraction if fixed is None else 0.0, c.val_fraction),
         'root': str(root)})
     report(class_names, counts, skipped, moved, conflicts)
     logging.info('Writing the dataset\'s files (%d images).', len(keep))
     return {s: self._generate_examples(examples[s]) for s in splits.SPLITS}
 
-  def _read_all(self, root: Path, paths: list[Path]):
+  def _read_all(self, root: Path, paths: list[Path], refused: dict):
     c = self.builder_config
 
     def read(path):
+      if path in refused:
+        return None, refused[path]
       if not path.exists():
         return None, 'broken symbolic link'
+      if not path.is_file():
+        return None, images.NOT_A_FILE
       if not images.is_candidate(path):
         return None, f'not an image (suffix {path.suffix or "none"} and no DICOM preamble)'
       try:
@@ -201,14 +301,32 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       except images.ImageError as e:
         return None, str(e).removeprefix(f'{path}: ')
 
-    with concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1))) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1)))
+    try:
       results = list(with_progress(pool.map(read, paths), len(paths), str(root), 'files'))
+    finally:  # Stopped (SIGTERM, an error): don't read the remaining files first.
+      pool.shutdown(wait=True, cancel_futures=True)
     skipped = [{'file': str(p.relative_to(root)), 'reason': why} for p, (_, why) in zip(paths, results) if why]
     return [px for px, _ in results], skipped
 
   def _generate_examples(self, examples):
     for file, cls, pixels, group in examples:
       yield file, {'image': pixels, 'label': cls, 'file': file, 'group': group}
+
+
+def check_given_splits(keys, fixed, paths: list[Path], groups: list, root: Path) -> None:
+  """Refuse a case (or an image) found in two given split folders, naming a file in each."""
+  first = {}
+  for j, (component, split) in enumerate(zip(splits.connected_components(keys), fixed)):
+    if split is None:
+      continue
+    k = first.setdefault(component, j)
+    if fixed[k] != split:
+      shared = (f'case {groups[j]!r}' if groups[j] is not None and groups[j] == groups[k] else
+                'a case or identical images')
+      raise UserError(f'{paths[k].relative_to(root)} (given as {fixed[k]}) and {paths[j].relative_to(root)} (given '
+                       f'as {split}) share {shared}: the given splits would leak into each other. Keep each case in '
+                       'one split folder, or correct the grouping.')
 
 
 def label_conflicts(hashes: dict[int, str], classes: list[str], paths: list[Path], root: Path) -> list[dict]:

@@ -28,6 +28,8 @@ class Preprocess:
   rotation: float = 0.0  # Degrees either way.
   brightness: float = 0.0  # Fraction of the pixel range (0-255) either way.
   contrast: float = 0.0  # Factor in [1 - contrast, 1 + contrast].
+  zoom: tuple[float, float] = (1.0, 1.0)  # Magnification range, log-uniform; below 1 zooms out.
+  shift: float = 0.0  # Translation, a fraction of image_size on each axis, either way.
 
   @classmethod
   def from_config(cls, config):
@@ -35,7 +37,13 @@ class Preprocess:
     a = config.get('augment') or {}
     return cls(config.image_size, config.crop_size, bool(config.mirror), float(config.scale),
                float(a.get('resized_crop', 0.0)), float(a.get('rotation', 0.0)), float(a.get('brightness', 0.0)),
-               float(a.get('contrast', 0.0)))
+               float(a.get('contrast', 0.0)), tuple(float(z) for z in a.get('zoom', (1.0, 1.0))),
+               float(a.get('shift', 0.0)))
+
+  @property
+  def warps(self) -> bool:
+    """Whether training crops are resampled (`warp`) rather than cut out: any geometric augmentation is on."""
+    return bool(self.resized_crop or self.rotation or self.shift or tuple(self.zoom) != (1.0, 1.0))
 
   def resize(self, images: jax.Array) -> jax.Array:
     """uint8 or float NHWC images to float32 at image_size x image_size (bilinear, antialiased when shrinking)."""
@@ -54,7 +62,7 @@ class Preprocess:
 
     def augment(image, key):
       k_crop, k_flip = jax.random.split(key)
-      if self.resized_crop or self.rotation:
+      if self.warps:
         image = self.warp(image, jax.random.fold_in(key, 2))
       else:
         dy, dx = jax.random.randint(k_crop, (2,), 0, margin + 1)
@@ -68,8 +76,10 @@ class Preprocess:
     return jax.vmap(augment)(x, keys)
 
   def warp(self, image: jax.Array, key: jax.Array) -> jax.Array:
-    """A random crop of `resized_crop` to 100% of the image area (aspect 3:4 to 4:3), rotated by up to
-    `rotation` degrees, resampled bilinearly to crop_size; outside the image: 0 (the mean, after subtraction)."""
+    """A random crop of `resized_crop` to 100% of the image area (aspect 3:4 to 4:3), magnified by a factor in
+    `zoom` (the window shrinks or grows about its centre: zooming out shows more than the image), moved by up to
+    `shift` of the image, rotated by up to `rotation` degrees, resampled bilinearly to crop_size; outside the
+    image: 0 (the mean, after subtraction)."""
     k_area, k_aspect, k_centre, k_angle = jax.random.split(key, 4)
     size, out = self.image_size, self.crop_size
     if self.resized_crop:
@@ -79,8 +89,17 @@ class Preprocess:
       width = jnp.minimum(size * jnp.sqrt(area * aspect), size)
     else:
       height = width = jnp.asarray(float(out))
+    lo, hi = self.zoom
+    if (lo, hi) != (1.0, 1.0):  # Drawn only when asked for: without zoom or shift, the same numbers as before.
+      magnification = jnp.exp(jax.random.uniform(jax.random.fold_in(key, 5), (), minval=jnp.log(lo),
+                                                 maxval=jnp.log(hi)))
+      height, width = height / magnification, width / magnification
     low = jnp.stack([height, width]) / 2
+    # A window larger than the image (zoomed out) is placed anywhere that keeps the image inside it.
     centre = low + jax.random.uniform(k_centre, (2,)) * (size - 2 * low)
+    if self.shift:
+      centre = centre + jax.random.uniform(jax.random.fold_in(key, 6), (2,), minval=-self.shift,
+                                           maxval=self.shift) * size
     angle = jnp.deg2rad(jax.random.uniform(k_angle, (), minval=-self.rotation, maxval=self.rotation))
     grid = (jnp.arange(out, dtype=jnp.float32) - (out - 1) / 2) / out
     v, u = jnp.meshgrid(grid * height, grid * width, indexing='ij')

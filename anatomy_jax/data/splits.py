@@ -80,3 +80,39 @@ def assign_splits(keys: Sequence[Sequence[str]], test_fraction: float, val_fract
     else:
       out.append('validation' if (u - test_fraction) / (1 - test_fraction) < val_fraction else 'train')
   return out
+
+
+def assign_folds(keys: Sequence[Sequence[str]], labels: Sequence[int], num_folds: int, seed: int = 0) -> list[int]:
+  """Fold (0..num_folds-1) of each item for case-grouped, class-stratified K-fold cross-validation.
+
+  Items sharing a key (the same image, the same case) form one component, and a component never straddles two
+  folds. Components are dealt out class by class (a component's class: its items' most common label), largest
+  first, each to the fold holding the fewest images of that class so far (ties: fewest images overall, then a
+  seeded order), so every class's images are spread evenly over the folds. The same keys, labels and seed give
+  the same folds whatever order the items come in; another seed deals them out differently.
+  """
+  if num_folds < 2:
+    raise UserError(f'Cross-validation needs at least 2 folds, got {num_folds}.')
+  comp = connected_components(keys)
+  members: dict[int, list[int]] = {}
+  for i, c in enumerate(comp):
+    members.setdefault(c, []).append(i)
+  if len(members) < num_folds:
+    raise UserError(f'{len(members)} case(s) (or groups of identical images) cannot fill {num_folds} folds: '
+                    'lower the number of folds or add cases.')
+  # Order-free identity of a component: its smallest key; the seed enters only through a hash of it.
+  ident = {c: min(min(keys[i]) for i in items) for c, items in members.items()}
+  tiebreak = {c: unit_interval(f'{seed}:{ident[c]}') for c in members}
+  label_of = {c: int(np.bincount(np.asarray([labels[i] for i in items])).argmax()) for c, items in members.items()}
+  fold_total = np.zeros(num_folds, np.int64)
+  fold_of: dict[int, int] = {}
+  fold_order = sorted(range(num_folds), key=lambda f: unit_interval(f'{seed}:fold:{f}'))  # Seeded tie order.
+  for cls in sorted(set(label_of.values())):
+    in_class = sorted((c for c in members if label_of[c] == cls), key=lambda c: (-len(members[c]), tiebreak[c]))
+    fold_class = np.zeros(num_folds, np.int64)
+    for c in in_class:
+      f = min(fold_order, key=lambda f: (fold_class[f], fold_total[f]))
+      fold_of[c] = f
+      fold_class[f] += len(members[c])
+      fold_total[f] += len(members[c])
+  return [fold_of[c] for c in comp]

@@ -94,7 +94,9 @@ def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir
   lo, hi = report['accuracy_ci95']
   print(f'{run.config.model} step {run.step} on {report["dataset"]}/{split} ({report["num_examples"]} images): '
         f'accuracy {100 * report["accuracy"]:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}), loss '
-        f'{report["loss"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, macro AUC {report["macro_auc"]:.4f}')
+        f'{report["loss"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, macro AUC {report["macro_auc"]:.4f}'
+        + (f' (macro averages over the {report["macro_over_classes"]} classes present; no image of '
+           f'{report["classes_without_examples"]})' if report['classes_without_examples'] else ''))
   for key, value in report.items():
     if key.endswith('_accuracy') and key != 'accuracy':
       print(f'  {key[:-len("_accuracy")]} head accuracy {100 * value:.2f}%')

@@ -80,6 +80,9 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
       'loss': cross_entropy(logits, labels),
       'macro_f1': float(pc['f1'][present].mean()) if present.any() else float('nan'),
       'macro_auc': float(np.nanmean(aucs)) if not all(math.isnan(a) for a in aucs) else float('nan'),
+      # Macro averages cover the classes with examples here; a report must say which were left out.
+      'macro_over_classes': int(present.sum()),
+      'classes_without_examples': [name for name, p in zip(class_names, present) if not p],
       'per_class': {name: {'precision': float(pc['precision'][c]), 'recall': float(pc['recall'][c]),
                            'f1': float(pc['f1'][c]), 'auc': aucs[c], 'support': int(pc['support'][c])}
                     for c, name in enumerate(class_names)},

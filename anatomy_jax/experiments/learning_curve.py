@@ -37,6 +37,17 @@ def define_flags():
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (initialisation, subset, data order).')
   flags.DEFINE_string('variant', '', 'Config variant for every run (e.g. tiny).')
   flags.DEFINE_multi_string('override', [], 'key=value applied to every run\'s config.')
+  flags.register_validator('fractions', lambda v: all(_is_fraction(f) for f in v),
+                           'each fraction must be a number in (0, 1], e.g. --fractions=0.1,0.5,1')
+  flags.register_validator('seeds', lambda v: all(s.strip().isdigit() for s in v),
+                           'each seed must be a non-negative integer, e.g. --seeds=0,1,2')
+
+
+def _is_fraction(text: str) -> bool:
+  try:
+    return 0 < float(text) <= 1
+  except ValueError:
+    return False
 
 
 def run_learning_curve(outdir, names=None, fractions=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),

@@ -1,5 +1,6 @@
 """Running many trainings for an experiment: a config for any registered network, overrides, skip-if-finished."""
 
+import json
 import math
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import ml_collections
 from anatomy_jax import models
 from anatomy_jax.core import config as config_lib
 from anatomy_jax.core import files
-from anatomy_jax.training import train
+from anatomy_jax.core.errors import UserError
+from anatomy_jax.training import checkpoints, train
 
 # Khan & Yong (2017), Table II (GTX 980M): runtime (s), validation loss, validation and test accuracy (%).
 PAPER_TABLE2 = {
@@ -38,9 +40,32 @@ def load_config(model: str, variant: str = '', overrides=()) -> ml_collections.C
                               base + list(overrides))
 
 
+# Fields that may differ between the config a run was requested with and a rerun's: how it is run, logged and
+# checkpointed, and where prepared data is cached. Anything else (epochs, data folder, learning rate, ...) is
+# another experiment, whose rows must not come from this run.
+RERUN_FREE_FIELDS = tuple(f for f in checkpoints.FREE_FIELDS
+                          if f not in ('num_epochs', 'early_stopping_epochs', 'manual_dir', 'init_from'))
+
+
 def train_once(config, workdir: Path) -> dict:
-  """Train unless `workdir` already holds a finished run (a complete results.json); an unfinished one resumes."""
-  results = files.read_json(Path(workdir) / 'results.json')
-  if results is not None and math.isfinite(results.get('test_accuracy', math.nan)):
+  """Train unless `workdir` already holds a finished run (a complete results.json); an unfinished one resumes.
+  The config a run was requested with is kept in WORKDIR/requested_config.json; a rerun requesting other
+  settings is refused with the fields that differ (its old rows would stand under the new settings' name)."""
+  workdir = Path(workdir)
+  results = files.read_json(workdir / 'results.json')
+  stored = files.read_json(workdir / 'requested_config.json')
+  if stored is None and results is not None:  # Runs from before requested_config.json.
+    stored = (results.get('provenance') or {}).get('config')
+  if stored is not None:
+    diff = checkpoints.settings_changes(stored, config, RERUN_FREE_FIELDS)
+    if diff:
+      raise UserError(f'{workdir} holds a run with other settings ('
+                      + '; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())
+                      + '): use another --outdir for these, or remove that directory to retrain it.')
+  else:
+    files.check_writable(workdir)
+    files.write_json(workdir / 'requested_config.json', json.loads(config.to_json_best_effort()))
+  accuracy = (results or {}).get('test_accuracy')
+  if isinstance(accuracy, (int, float)) and math.isfinite(accuracy):  # Non-finite figures are stored as null.
     return results
   return train.train_and_evaluate(config, str(workdir))

@@ -32,8 +32,8 @@ def define_flags():
   flags.DEFINE_string('data_dir', '', 'Where TFDS keeps prepared datasets (default ~/tensorflow_datasets).')
   flags.DEFINE_string('outdir', None, 'Where to write the class folders.')
   flags.DEFINE_list('classes', ['AbdomenCT', 'CXR', 'ChestCT', 'Hand', 'HeadCT'], 'MedNIST classes to keep.')
-  flags.DEFINE_integer('train_per_class', 100, 'Training images per class.')
-  flags.DEFINE_integer('test_per_class', 400, 'Test images per class (made harder).')
+  flags.DEFINE_integer('train_per_class', 100, 'Training images per class.', lower_bound=1)
+  flags.DEFINE_integer('test_per_class', 400, 'Test images per class (made harder).', lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Seeds the choice of images and the changes to the test images.')
 
 

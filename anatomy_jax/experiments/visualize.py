@@ -19,6 +19,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 from anatomy_jax.core import cli  # noqa: E402
+from anatomy_jax.core.errors import UserError  # noqa: E402
 from anatomy_jax.data import images as image_io  # noqa: E402
 from anatomy_jax.evaluation import inference, report  # noqa: E402
 from anatomy_jax.models import summary  # noqa: E402
@@ -30,9 +31,9 @@ def define_flags():
   """Command-line flags, defined only when run as a program (the module is also a library)."""
   flags.DEFINE_string('workdir', None, 'The training run\'s --workdir.')
   flags.DEFINE_string('image', '', 'An image file to show feature maps for.')
-  flags.DEFINE_integer('index', 0, 'Without --image: this image of the run\'s test split.')
+  flags.DEFINE_integer('index', 0, 'Without --image: this image of the run\'s test split.', lower_bound=0)
   flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint.')
-  flags.DEFINE_integer('max_maps', 64, 'At most this many feature maps per layer.')
+  flags.DEFINE_integer('max_maps', 64, 'At most this many feature maps per layer.', lower_bound=1)
 
 
 def first_conv_kernel(params) -> tuple[str, np.ndarray]:
@@ -95,6 +96,8 @@ def plot_feature_maps(name: str, maps: np.ndarray, image: np.ndarray, out_path: 
 def visualize(workdir, image_path: str = '', index: int = 0, checkpoint: str = 'best', max_maps: int = 64,
               image: np.ndarray | None = None) -> list[Path]:
   """Write the filter and feature-map figures of a run; returns their paths."""
+  if max_maps < 1:
+    raise UserError(f'--max_maps={max_maps}: show at least one map per layer, e.g. --max_maps=64.')
   run = inference.load_run(workdir, checkpoint)
   size, _, channels = run.image_shape
   if image is None:
@@ -102,6 +105,9 @@ def visualize(workdir, image_path: str = '', index: int = 0, checkpoint: str = '
       image = image_io.load(image_path, size, channels)
     else:
       data, _ = report.dataset_for(run)
+      count = len(data.splits['test'].images)
+      if not 0 <= index < count:
+        raise UserError(f'--index={index}: the run\'s test split has {count} images (0 to {count - 1}).')
       image = data.splits['test'].images[index]
   out = Path(workdir) / 'figures'
   out.mkdir(exist_ok=True)

@@ -11,8 +11,9 @@ from anatomy_jax.models import MODELS, get_model
 from anatomy_jax.models.summary import format_summary
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('num_classes', 6, 'Number of classes.')
+flags.DEFINE_integer('num_classes', 6, 'Number of classes.', lower_bound=1)
 flags.DEFINE_integer('channels', 1, 'Input channels: 1 greyscale, 3 RGB.')
+flags.register_validator('channels', lambda c: c in (1, 3), 'must be 1 (greyscale) or 3 (RGB)')
 
 
 def main(args):

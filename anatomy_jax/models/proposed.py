@@ -29,6 +29,7 @@ Fillers as in the AlexNet layer each one replaces (Gaussian 0.01, fc5 0.005; bia
 
 import flax.linen as nn
 
+from anatomy_jax.core.errors import UserError
 from anatomy_jax.models import layers
 from anatomy_jax.models.registry import Network, register
 
@@ -51,6 +52,9 @@ class ProposedCNN(Network):
     conv = lambda *a, **kw: layers.CaffeConv(*a, kernel_init=layers.gaussian(0.01), dtype=self.dtype, **kw)
     act = nn.relu if self.relu_after_conv else (lambda y: y)
     groups = 2 if self.two_groups else 1
+    if len(self.conv_padding) != 3 or any(not isinstance(p, int) or p < 0 for p in self.conv_padding):
+      raise UserError(f'model_kwargs.conv_padding={self.conv_padding}: three paddings >= 0 (conv2, conv3, conv4), '
+                      'e.g. --config.model_kwargs.conv_padding="(2, 1, 1)".')
     p2, p3, p4 = self.conv_padding
     x = x.astype(self.dtype)
     x = layers.lrn(nn.relu(conv(96, 11, stride=4, name='conv1')(x)))

@@ -9,9 +9,14 @@ Restoring goes newest first and checks, in order: the fingerprint (another setup
 differences, never mistaken for damage), the structure (a changed optimizer or model option is reported as
 such, with the config fields that differ), then the data itself against its checksums. A checkpoint that fails
 to load or to match its checksums is moved to WORKDIR/checkpoints/corrupt/ (reported by name) and the one
-before it used; for `best`, the same step in `latest` counts as a copy. Orbax writes into a temporary
-directory and renames it when complete, so a save cut short is never listed. Everything about damage (what is
-checked, what is set aside and why, what is used instead) is in this file.
+before it used; for `best`, the same step in `latest` counts as a copy. Only training moves checkpoints:
+readers of a run (evaluate, predict, init_from) report damage and fall back, read-only. A resumed run
+verifies `best` first and puts it back from latest's copy when it is damaged or missing. Orbax writes into a
+temporary directory and renames it when complete, so a save cut short is never listed. Everything about damage
+(what is checked, what is set aside and why, what is used instead) is in this file.
+
+A run's settings are part of its identity: resuming with a change to any field outside FREE_FIELDS is refused
+with the differences unless the config accepts it (`check_settings`).
 
 `load_trained(workdir)` reads a run back without its optimizer: the parameters and mean image of its best (or
 latest) checkpoint, with its config and classes (evaluation, prediction, pictures, and fine-tuning's source).
@@ -41,6 +46,22 @@ from anatomy_jax.models import summary
 FINGERPRINT_FIELDS = ('model', 'model_kwargs', 'dataset', 'batch_size', 'seed', 'train_fraction', 'image_size',
                       'crop_size')
 
+# Config fields that may change when a run resumes: they change how long it runs, how it is run, logged and
+# checkpointed, or where its data is found (the data itself is fingerprinted), not what it computes. A change to
+# any other field (learning rate, schedule, preprocessing, augmentation, ...) is refused unless the config says
+# accept_config_changes=True; accepted changes are recorded with the step they took effect (results.json).
+# init_from is checked on its own (train.restore_or_init: starting from another run is for a new run only).
+FREE_FIELDS = ('num_epochs', 'early_stopping_epochs', 'data_dir', 'manual_dir', 'allow_download',
+               'compilation_cache_dir', 'checkpoint_every_minutes', 'checkpoint_every_steps', 'keep_checkpoints',
+               'log_every_steps', 'log_every_seconds', 'plots', 'parallelism', 'data_on_device',
+               'steps_per_dispatch', 'eval_batch_size', 'init_from', 'accept_config_changes')
+
+# An asynchronous save must finish within this many seconds of wall time, or Orbax abandons it. Orbax's default
+# (20 minutes) counts time the process is suspended (Ctrl-Z, a laptop asleep, a paused VM), so a run paused
+# mid-save died with no checkpoint; a week survives any pause a run resumes from. (The barriers between
+# processes take it in milliseconds as a 32-bit int: at most about 24 days.)
+SAVE_TIMEOUT_SECS = 7 * 24 * 3600
+
 
 def fingerprint(config, class_names, image_shape, data_fingerprint: str = '') -> dict[str, Any]:
   """What a checkpoint must agree with to be resumed or evaluated under `config`."""
@@ -64,6 +85,37 @@ def check_compatible(saved: dict, current: dict, where: str) -> None:
             'train_fraction)' if 'data' in diff else '')
     raise UserError(f'The checkpoint in {where} was made with a different setup{hint}:\n{lines}\n'
                     'Use another --workdir for the new setup, or restore the old config and data.')
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in (tree or {}).items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def settings_changes(saved_config: dict, config, free=FREE_FIELDS) -> dict[str, tuple]:
+  """{field: (checkpoint's value, config's value)} for every field outside `free` that differs (dotted names
+  for nested fields). Fields a checkpoint's config lacks (added to the code since) are not compared."""
+  now = _flat(json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') else config)
+  old = _flat(saved_config)
+  return {k: (old[k], now.get(k)) for k in sorted(old) if k.split('.')[0] not in free and old[k] != now.get(k)}
+
+
+def check_settings(meta: dict, config, where) -> dict[str, tuple]:
+  """A resumed run's settings against its checkpoint's: the changes (empty when none); refused, with the fields,
+  unless `config.accept_config_changes`."""
+  changes = settings_changes(meta.get('config') or {}, config)
+  if changes and not config.get('accept_config_changes', False):
+    lines = '\n'.join(f'  {k}: checkpoint {a!r} vs now {b!r}' for k, (a, b) in changes.items())
+    raise UserError(f'The run in {where} was trained to step {meta["step"]} with other settings:\n{lines}\n'
+                    'Rerun with its settings to continue it unchanged; or add --config.accept_config_changes=True to '
+                    f'continue it with the new ones from step {meta["step"]} (recorded in results.json); or use '
+                    'another --workdir for a new run.')
+  return changes
 
 
 # ----------------------------------------------------------------------------------------------- integrity
@@ -162,6 +214,7 @@ class Checkpointer:
     self.faults = FaultInjection.from_environment()
     # Distinct barrier names: both managers may save the same step at once from several processes.
     opts = lambda name: dict(create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create,
+                             async_options=ocp.options.AsyncOptions(timeout_secs=SAVE_TIMEOUT_SECS),
                              multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
     self.latest = ocp.CheckpointManager(self.root / 'latest', options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, **opts('latest')))
@@ -202,15 +255,49 @@ class Checkpointer:
     self.latest.close()
     self.best.close()
 
-  def restore(self, target, which: str = 'latest', fingerprint: dict | None = None, config=None):
-    """(tree, meta) of the newest good checkpoint in `which`, or None when it has none; see the module doc."""
+  def restore(self, target, which: str = 'latest', fingerprint: dict | None = None, config=None,
+              best_step: int | None = None):
+    """(tree, meta) of the newest good checkpoint in `which`, or None when it has none; see the module doc.
+    For `best`, `best_step` (the run's own record of it) lets latest's copy stand in when `best` is empty."""
     if which == 'best':
-      return restore_best(self.best, self.latest, target, fingerprint, config)
+      return restore_best(self.best, self.latest, target, fingerprint, config, step=best_step)
     had = bool(self.latest.all_steps())
     out = restore_newest(self.latest, target, fingerprint, config, none_good_ok=True)
     if out is None and had and self.best.all_steps():  # Starting again: the old best belongs to the old run.
       _set_aside(self.best, sorted(self.best.all_steps()), 'its run restarted from scratch')
     return out
+
+  def verify_best(self, target, best_step: int, fingerprint: dict | None = None, config=None) -> bool:
+    """At the start of a resumed run: check that `best` holds a good copy of the run's best step, so that
+    `latest` never rotates away the only one. A damaged one is set aside; a damaged or missing one is put back
+    from latest's copy of that step when it has a good one. False when no good copy is left anywhere."""
+    steps = self.best.all_steps()
+    if not best_step or any(s > best_step for s in steps):
+      return True  # No epoch ended yet; or a best from beyond the resume point, which the run redoes.
+    if best_step in steps:
+      try:
+        restore_step(self.best, best_step, target, fingerprint, config)
+        return True
+      except Corrupt as e:
+        logging.error('Best checkpoint %s/%d is damaged (%s).', self.best.directory, best_step, e)
+        _set_aside(self.best, [best_step], 'damaged')
+    else:
+      logging.warning('Best checkpoint %s/%d is missing.', self.best.directory, best_step)
+    if best_step in self.latest.all_steps():
+      try:
+        tree, meta = restore_step(self.latest, best_step, target, fingerprint, config)
+      except Corrupt as e:
+        logging.error('Its copy %s/%d is damaged too (%s).', self.latest.directory, best_step, e)
+      else:
+        for stale in self.best.all_steps():  # Older bests (max_to_keep would keep the newest, not ours).
+          _set_aside(self.best, [stale], 'superseded by the restored best')
+        self.best.save(best_step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                          meta=ocp.args.JsonSave(meta)))
+        self.best.wait_until_finished()
+        logging.warning('Restored best checkpoint %s/%d from its good copy in %s.', self.best.directory, best_step,
+                        self.latest.directory)
+        return True
+    return False
 
   def set_aside(self, step: int, reason: str) -> None:
     """Move latest/<step> out of the way (after a non-finite loss: the next run resumes from the one before)."""
@@ -239,6 +326,8 @@ def restore_step(manager, step: int, target, fingerprint=None, config=None, part
   if meta is None:
     raise Corrupt('its metadata is unreadable')
   if fingerprint is not None:
+    if not isinstance(meta.get('fingerprint'), dict):
+      raise Corrupt('its metadata has no fingerprint')
     check_compatible(meta['fingerprint'], fingerprint, where)
   _check_structure(meta, target, where, config)
   try:
@@ -255,7 +344,8 @@ def restore_newest(manager, target, fingerprint=None, config=None, partial: bool
   """Try the manager's checkpoints newest first; report each that is damaged and fall back to the one before.
 
   Damaged checkpoints are moved to WORKDIR/checkpoints/corrupt/ (kept for inspection, out of the way of the
-  run that resumes). None when the manager has no checkpoint, or (with `none_good_ok`: training, which then
+  run that resumes) by training; readers of another run (evaluate, predict, init_from) pass set_aside=False and
+  leave them in place. None when the manager has no checkpoint, or (with `none_good_ok`: training, which then
   starts from scratch) when none is good; otherwise an error when it has some and none is good.
   """
   failed = []
@@ -276,24 +366,34 @@ def restore_newest(manager, target, fingerprint=None, config=None, partial: bool
       logging.error('Every checkpoint in %s (%s) is damaged; they were moved to checkpoints/corrupt/. Starting '
                     'again from scratch.', manager.directory, ', '.join(map(str, sorted(failed))))
       return None
+    moved = 'they were moved to checkpoints/corrupt/' if set_aside else 'left in place'
     raise UserError(f'Every checkpoint in {manager.directory} ({", ".join(map(str, sorted(failed)))}) is damaged '
-                    '(see above; they were moved to checkpoints/corrupt/). Retrain, or restore the workdir from a '
-                    'backup.')
+                    f'(see above; {moved}). Retrain, or restore the workdir from a backup.')
   return None
 
 
-def restore_best(best, latest, target, fingerprint=None, config=None, partial: bool = False, set_aside: bool = True):
-  """The best checkpoint, or, when it is damaged, the same step's copy in `latest`. None when there is none."""
+class BestLost(UserError):
+  """The best checkpoint is damaged and `latest` holds no good copy of its step."""
+
+
+def restore_best(best, latest, target, fingerprint=None, config=None, partial: bool = False, set_aside: bool = True,
+                 step: int | None = None):
+  """The best checkpoint, or, when it is damaged, the same step's copy in `latest`. When `best` is empty (a
+  reader moved it away), `step` (the run's record of its best step) names the copy in `latest` to use. None when
+  there is none."""
   steps = sorted(best.all_steps(), reverse=True)
-  if not steps:
+  if steps:
+    step = steps[0]
+    try:
+      return restore_step(best, step, target, fingerprint, config, partial)
+    except Corrupt as e:
+      logging.error('Best checkpoint %s/%d is damaged (%s).', best.directory, step, e)
+      if set_aside:
+        _set_aside(best, [step], 'damaged')
+  elif not step or latest is None or step not in latest.all_steps():
     return None
-  step = steps[0]
-  try:
-    return restore_step(best, step, target, fingerprint, config, partial)
-  except Corrupt as e:
-    logging.error('Best checkpoint %s/%d is damaged (%s).', best.directory, step, e)
-    if set_aside:
-      _set_aside(best, [step], 'damaged')
+  else:
+    logging.warning('Best checkpoint %s/%d is missing.', best.directory, step)
   if latest is not None and step in latest.all_steps():
     try:
       out = restore_step(latest, step, target, fingerprint, config, partial)
@@ -301,8 +401,9 @@ def restore_best(best, latest, target, fingerprint=None, config=None, partial: b
       return out
     except Corrupt as e:
       logging.error('Its copy %s/%d is damaged too (%s).', latest.directory, step, e)
-  raise UserError(f'The best checkpoint {best.directory}/{step} is damaged and {Path(best.directory).parent}/latest '
-                  f'holds no good copy of step {step}. Use --checkpoint=latest, or retrain.')
+  raise BestLost(f'The best checkpoint {best.directory}/{step} is damaged and {Path(best.directory).parent}/latest '
+                 f'holds no good copy of step {step}. Evaluate the latest checkpoint instead (--checkpoint=latest of '
+                 'evaluate and predict), or retrain.')
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int], reason: str) -> None:
@@ -377,6 +478,10 @@ def load_trained(workdir: str | Path, which: str = 'best') -> Trained:
   meta = read_meta(directory)
   if meta is None:
     raise UserError(f'No readable checkpoint in {directory}.')
+  missing = [k for k in ('config', 'fingerprint') if k not in meta]
+  if missing or not {'class_names', 'image_shape'} <= set(meta.get('fingerprint') or {}):
+    raise UserError(f'The checkpoint metadata in {directory} has no {" or ".join(missing) or "complete fingerprint"}: '
+                    'it was not written by this code\'s training, or it is damaged.')
   config = config_lib.with_defaults(meta['config'])
   class_names, image_shape = meta['fingerprint']['class_names'], tuple(meta['fingerprint']['image_shape'])
   model = models.build(config, len(class_names))
@@ -385,11 +490,13 @@ def load_trained(workdir: str | Path, which: str = 'best') -> Trained:
               'mean': jax.ShapeDtypeStruct((config.image_size, config.image_size, image_shape[-1]), np.float32)}
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
+  # Read-only: a damaged checkpoint is reported and the next good copy used, never moved (the run is another
+  # process's, perhaps training right now, and a moved `best` would leave it nothing to test).
   with open_managers(workdir) as ckpt:
     if which == 'best':
-      restored = restore_best(ckpt.best, ckpt.latest, target, partial=True)
+      restored = restore_best(ckpt.best, ckpt.latest, target, partial=True, set_aside=False)
     else:
-      restored = restore_newest(ckpt.latest, target, partial=True)
+      restored = restore_newest(ckpt.latest, target, partial=True, set_aside=False)
   if restored is None:
     raise UserError(f'No checkpoint in {directory} could be restored.')
   tree, meta = restored

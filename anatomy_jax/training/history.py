@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from anatomy_jax.core import plots
+from anatomy_jax.core import files, plots
 
 
 def epoch_record(epoch: int, step: int, train: dict, val: dict, learning_rate: float, seconds: float,
@@ -55,7 +55,7 @@ class History:
     if not self.primary:
       return
     with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+      f.write(files.to_json(record) + '\n')
     for key, value in record.items():
       if key.startswith(('train_', 'val_')) and key != 'train_images_per_s':
         split, name = key.split('_', 1)

@@ -1,5 +1,5 @@
-"""Caffe's SGD solver as optax transforms, its learning-rate schedules (DIGITS' step-down, cosine, warm-up), and
-per-part rates for fine-tuning."""
+"""Caffe's SGD solver as optax transforms (or AdamW), its learning-rate schedules (DIGITS' step-down, cosine,
+warm-up), and per-part rates for fine-tuning."""
 
 import math
 
@@ -38,6 +38,8 @@ def make_optimizer(config, schedule: optax.Schedule, head=None, steps_per_epoch:
   (Caffe keeps the learning rate inside its momentum buffer, optax applies it after: the two agree except for
   a few steps after each step-down. The per-part factors come before momentum, as Caffe's lr_mult.)
   """
+  if config.get('optimizer', 'sgd') == 'adamw':
+    return adamw(config, schedule, head, steps_per_epoch)
   weights = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: not is_bias(p), params)
   biases = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: is_bias(p), params)
   parts = [optax.masked(optax.add_decayed_weights(config.weight_decay), weights)]
@@ -51,4 +53,24 @@ def make_optimizer(config, schedule: optax.Schedule, head=None, steps_per_epoch:
     factor = lambda step: jnp.where(step < frozen_steps, 0.0, body_mult)
     parts.append(optax.masked(optax.scale_by_schedule(factor), jax.tree_util.tree_map(lambda h: not h, head)))
   parts.append(optax.sgd(schedule, momentum=config.momentum))
+  return optax.chain(*parts)
+
+
+def is_kernel(path) -> bool:
+  return getattr(path[-1], 'key', None) == 'kernel'
+
+
+def adamw(config, schedule: optax.Schedule, head=None, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """optax.adamw's steps (Adam's scaling, decoupled weight decay, the schedule), with the decay on convolution and
+  dense kernels only (not on biases or normalisation scales), and `body_lr_mult`/`freeze_body_epochs` as for SGD
+  but after Adam's scaling (before it, Adam would normalise the factor away). Caffe's bias_lr_mult,
+  bias_decay_mult and momentum are SGD's and not used here."""
+  kernels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: is_kernel(p), params)
+  parts = [optax.scale_by_adam(), optax.masked(optax.add_decayed_weights(config.weight_decay), kernels)]
+  body_mult, freeze = config.get('body_lr_mult', 1.0), config.get('freeze_body_epochs', 0.0)
+  if head is not None and (body_mult != 1 or freeze):
+    frozen_steps = int(round(freeze * steps_per_epoch))
+    factor = lambda step: jnp.where(step < frozen_steps, 0.0, body_mult)
+    parts.append(optax.masked(optax.scale_by_schedule(factor), jax.tree_util.tree_map(lambda h: not h, head)))
+  parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts)

@@ -47,6 +47,8 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
   """Train `config` in `workdir` (resuming when it holds a checkpoint), then test the best checkpoint. The
   dataset is `config.dataset`'s unless one is given (tests)."""
   check_config(config, data_given=dataset is not None)
+  if config.dataset == 'folder' and config.manual_dir:  # The run's files would become part of the dataset.
+    data_lib.check_outside(config.manual_dir, workdir, 'The workdir')
   files.check_writable(workdir)
   workdir = Path(workdir)
   with checkpoints.WorkdirLock(workdir):
@@ -65,7 +67,8 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
         """Checkpoint `state` at `pos`, with the epoch's running sums when it is cut mid-epoch."""
         meta = {'step': pos.step, 'best_val_accuracy': pos.best_val_accuracy, 'train_seconds': pos.train_seconds,
                 'best_step': pos.best_step, 'origin': pos.origin, 'sums': sums,
-                'fingerprint': fingerprint(config, data), 'config': json.loads(config.to_json_best_effort())}
+                'fingerprint': fingerprint(config, data), 'config': json.loads(config.to_json_best_effort()),
+                'config_changes': list(pos.config_changes)}
         ckpt.save(pos.step, checkpoint_tree(programs, data, state), meta, best=best)
 
       # 3. Train, epoch after epoch.
@@ -150,14 +153,26 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
         run_history.close()
       ckpt.wait()
 
-      # 4. Test the best checkpoint.
-      restored = ckpt.restore(checkpoint_target(programs, data), 'best', fingerprint=fingerprint(config, data),
-                              config=config)
-      if restored is None:
-        raise UserError(f'No best checkpoint in {ckpt.root}/best to test: was the run trained for an epoch?')
+      # 4. Test the best checkpoint (the latest when the best was lost: reported, never a stranded run).
+      notes = list(notes)
+      target, fp = checkpoint_target(programs, data), fingerprint(config, data)
+      try:
+        restored = ckpt.restore(target, 'best', fingerprint=fp, config=config,
+                                best_step=pos.best_step if pos.best_val_accuracy >= 0 else None)
+      except checkpoints.BestLost as e:
+        logging.error('%s', e)
+        restored = None
+      if restored is None:  # Lost (reported at the start or just now): test the latest rather than strand the run.
+        restored = checkpoints.restore_newest(ckpt.latest, target, fp, config)
+        if restored is None:
+          raise UserError(f'No checkpoint in {ckpt.root} to test: was the run trained for an epoch?')
+        notes.append(f'The best checkpoint was lost; the latest (step {restored[1]["step"]}) was tested instead.')
+        logging.warning('%s', notes[-1])
       tree, meta = restored
       params = parallel.params(parallel.state_from_checkpoint(tree['state']))
-      val, test = evaluate(programs, data, params, 'validation'), evaluate(programs, data, params, 'test')
+      # Evaluated as the checkpoint was trained, even after accepted setting changes (preprocessing, mean, dtype).
+      e_programs, e_data = as_trained(config, programs, data, meta, tree)
+      val, test = evaluate(e_programs, e_data, params, 'validation'), evaluate(e_programs, e_data, params, 'test')
       results = {
           'model': config.model, 'dataset': data.dataset.name, 'class_names': data.dataset.class_names,
           'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
@@ -166,7 +181,8 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
           'train_seconds': pos.train_seconds, 'num_params': summary.count_params(programs.abstract.params),
           'split_sizes': {name: len(split) for name, split in data.splits.items()},
           'steps': spe * config.num_epochs, 'steps_trained': pos.step, 'parallelism': config.parallelism,
-          'num_devices': jax.device_count(), 'init_from': pos.origin, 'warnings': list(notes),
+          'num_devices': jax.device_count(), 'init_from': pos.origin, 'warnings': notes,
+          'config_changes': list(pos.config_changes),
           'validation_split': _validation_split(data.dataset.metadata),
       }
       results.update({f'test_{key}': v for key, v in test.items() if key.startswith('loss') and key != 'loss'})
@@ -182,9 +198,27 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
 
 def check_config(config, data_given: bool = False) -> None:
   """Refuse a bad config before anything is loaded: `core.config.validate`, told the registered networks and
-  datasets (a run given its dataset is not checked for a data source)."""
+  datasets (a run given its dataset is not checked for a data source), then the network built abstractly with
+  the config's model_kwargs."""
   config_lib.validate(config, input_sizes={name: cls.input_size for name, cls in models.MODELS.items()},
                       datasets=None if data_given else list(data_lib.BUILDERS), dtypes=list(models.DTYPES))
+  _check_model_builds(config)
+
+
+def _check_model_builds(config) -> None:
+  """Build the network abstractly (shapes only, no arrays): model_kwargs it can't be built with are one line
+  here, not a traceback after the data was read."""
+  network = models.build(config, 2)
+  x = jax.ShapeDtypeStruct((1, config.crop_size, config.crop_size, 1), jax.numpy.float32)
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  try:
+    jax.eval_shape(lambda x: network.init(rngs, x, train=True), x)
+  except UserError:
+    raise
+  except Exception as e:  # Shapes that don't fit raise TypeError or ValueError from deep inside JAX.
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    raise UserError(f'config.model_kwargs={config.model_kwargs.to_dict()}: {config.model} cannot be built with '
+                    f'these options ({lines[0] if lines else type(e).__name__}).') from None
 
 
 # ----------------------------------------------------------------------------------------------- 1. build
@@ -301,12 +335,13 @@ def checkpoint_target(programs: Programs, data: Data) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Position:
   """Where a run stands: the step reached, the best validation accuracy so far and its step, training seconds
-  so far, and where its first parameters came from (fine-tuning)."""
+  so far, where its first parameters came from (fine-tuning), and the setting changes it accepted on resuming."""
   step: int = 0
   best_val_accuracy: float = -1.0
   train_seconds: float = 0.0
   best_step: int = 0
   origin: dict | None = None
+  config_changes: tuple = ()  # Accepted setting changes: ({'step': N, 'changes': {field: [before, after]}}, ...)
 
   def stale_epochs(self, steps_per_epoch: int) -> int:
     """Epochs since validation accuracy last improved."""
@@ -325,12 +360,38 @@ def restore_or_init(config, ckpt: checkpoints.Checkpointer, data: Data, programs
     logging.info('Starting %s from scratch in %s.', config.model, ckpt.root.parent)
     return programs.init(), Position(), None
   tree, meta = restored
+  workdir = ckpt.root.parent
+  if config.init_from and not _same_origin(meta.get('origin'), config.init_from):
+    origin = meta.get('origin')
+    raise UserError(f'config.init_from={config.init_from}: {workdir} already holds a run (step {meta["step"]}, '
+                    + (f'started from {origin["workdir"]}' if origin else 'trained from scratch') + '); init_from '
+                    'starts new runs only: use a new --workdir, or drop --config.init_from to continue this run.')
+  changes = checkpoints.check_settings(meta, config, workdir)
+  accepted = tuple(meta.get('config_changes') or ())
+  if changes:
+    logging.warning('Continuing from step %d with changed settings (accepted): %s.', meta['step'],
+                    '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()))
+    accepted += ({'step': int(meta['step']), 'changes': {k: [a, b] for k, (a, b) in changes.items()}},)
   logging.info('Resumed %s from step %d (epoch %d) in %s.', config.model, meta['step'],
-               meta['step'] // data.steps_per_epoch, ckpt.root.parent)
+               meta['step'] // data.steps_per_epoch, workdir)
   pos = Position(int(meta['step']), meta['best_val_accuracy'], meta['train_seconds'],
-                 int(meta.get('best_step', meta['step'])), meta.get('origin'))
+                 int(meta.get('best_step', meta['step'])), meta.get('origin'), accepted)
+  if not ckpt.verify_best(checkpoint_target(programs, data), pos.best_step if pos.best_val_accuracy >= 0 else 0,
+                          fingerprint(config, data), config):
+    logging.error('The best checkpoint (step %d, validation accuracy %.4f) is lost: damaged or missing, and %s/latest '
+                  'holds no good copy of it. The best is chosen again from the epochs still to train (or, when none '
+                  'are left, the latest checkpoint is tested).', pos.best_step, pos.best_val_accuracy, ckpt.root)
+    pos = dataclasses.replace(pos, best_val_accuracy=-1.0, best_step=pos.step)
   sums = meta.get('sums') if pos.step % data.steps_per_epoch else None
   return programs.parallel.state_from_checkpoint(tree['state']), pos, sums
+
+
+def _same_origin(origin: dict | None, init_from: str) -> bool:
+  """Whether a run's recorded origin is the run `init_from` names (rerunning the command that started it)."""
+  path = Path(init_from).expanduser()
+  if path.name in ('best', 'latest') and path.parent.name == 'checkpoints':
+    path = path.parent.parent
+  return bool(origin) and origin.get('workdir') == str(path.absolute())
 
 
 def start_from(config, data: Data, programs: Programs) -> tuple[steps.TrainState, dict]:
@@ -424,11 +485,27 @@ def _after_nonfinite(ckpt, error: NonFiniteLoss) -> NonFiniteLoss:
 
 # ----------------------------------------------------------------------------------------------- 4. test
 
+def as_trained(config, programs: Programs, data: Data, meta: dict, tree) -> tuple[Programs, Data]:
+  """`programs` and `data`, or copies that evaluate as the checkpoint was trained: its preprocessing, mean
+  image and dtype (they differ after an accepted change of mean_subtraction, scale, dtype, ...)."""
+  saved = config_lib.with_defaults(meta.get('config') or {})
+  mean = np.asarray(tree['mean'].addressable_data(0) if hasattr(tree['mean'], 'addressable_data') else tree['mean'])
+  preprocess = Preprocess.from_config(saved)
+  if preprocess == Preprocess.from_config(config) and saved.dtype == config.dtype and np.array_equal(mean, data.mean):
+    return programs, data
+  parallel = programs.parallel
+  model = programs.model if saved.dtype == config.dtype else models.build(saved, data.dataset.num_classes)
+  eval_step = parallel.evaluate(functools.partial(steps.eval_step, model=model, preprocess=preprocess))
+  arrays = {name: dict(a, mean=parallel.put_data(mean)) for name, a in data.arrays.items()}
+  return (dataclasses.replace(programs, model=model, eval_step=eval_step),
+          dataclasses.replace(data, mean=mean, arrays=arrays))
+
+
 def _validation_split(meta: dict) -> str:
   """How the validation split was made, for results.json."""
   if 'validation_carved' not in meta:
     return meta.get('split_method', 'as the dataset defines it')
   if not meta['validation_carved']:
     return 'given (a val/ folder)'
-  return 'carved from the training images, ' + ('keeping cases together' if meta.get('grouping') else
-                                                'by image content only (no case groups)')
+  return 'carved from the training images, ' + (f'keeping cases together ({meta["grouping"]})' if meta.get(
+      'grouping') else 'by image content only (no case groups)')

@@ -1,0 +1,157 @@
+"""Case-grouped K-fold cross-validation: folds that keep cases whole and test every image once, the runner that
+trains each fold (resumable) and its table."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anatomy_jax import data as datasets
+from anatomy_jax.core import config as settings
+from anatomy_jax.core.errors import UserError
+from anatomy_jax.data import splits
+from anatomy_jax.experiments import cross_validate
+from anatomy_jax.training import train
+from conftest import REPO, pattern
+
+CLASSES = ('disc', 'horizontal', 'vertical')
+LENET_TINY = f'{settings.CONFIGS / "lenet.py"}:tiny'
+GROUPS = 'folder.group_regex=(case[0-9]+)_'
+
+
+def make_case_folder(root, cases_per_class=7, size=28, seed=0):
+  """root/<class>/caseNNN_i.png: cases of 1 to 4 images each (a case's images alike, each with its own noise)."""
+  rng = np.random.default_rng(seed)
+  order = {'horizontal': 0, 'vertical': 1, 'disc': 2}
+  n = 0
+  for name in CLASSES:
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for _ in range(cases_per_class):
+      for i in range(int(rng.integers(1, 5))):
+        Image.fromarray(pattern(order[name], rng, size)).save(root / name / f'case{n:03d}_{i}.png')
+      n += 1
+  return root
+
+
+def fold_dataset(root, data_dir, folds, fold, seed=0):
+  config = settings.load_config(LENET_TINY, ['dataset=folder', f'manual_dir={root}', f'data_dir={data_dir}',
+                                             'folder.image_size=28', GROUPS, f'folder.num_folds={folds}',
+                                             f'folder.fold={fold}', f'folder.fold_seed={seed}'])
+  train.check_config(config)
+  return datasets.load_dataset(config)
+
+
+def test_assign_folds_keeps_components_whole_balances_classes_and_is_deterministic():
+  rng = np.random.default_rng(1)
+  cases = [(f'p{i}', int(rng.integers(0, 3)), int(rng.integers(1, 6))) for i in range(60)]
+  keys, labels = [], []
+  for case, label, n in cases:
+    for j in range(n):
+      keys.append([f'{case}/img{j}', f'group:{case}'])
+      labels.append(label)
+  keys[3].append('p40/img0')  # An image identical to one of another case joins the two cases.
+  folds = splits.assign_folds(keys, labels, 5)
+  by_case = {}
+  for k, f in zip(keys, folds):
+    by_case.setdefault(k[1], set()).add(f)
+  assert all(len(v) == 1 for v in by_case.values())
+  assert by_case['group:p0'] == by_case['group:p40']
+  assert set(folds) == set(range(5))
+  # Each class's images are spread evenly: fold sizes within a class differ by at most the largest case (+ the
+  # joined pair).
+  for label in range(3):
+    per_fold = np.bincount([f for f, l in zip(folds, labels) if l == label], minlength=5)
+    assert per_fold.max() - per_fold.min() <= 10, per_fold
+  # Order-free and seeded.
+  order = rng.permutation(len(keys))
+  shuffled = splits.assign_folds([keys[i] for i in order], [labels[i] for i in order], 5)
+  assert [folds[i] for i in order] == shuffled
+  assert splits.assign_folds(keys, labels, 5, seed=1) != folds
+  with pytest.raises(UserError, match='cannot fill'):
+    splits.assign_folds([['a'], ['b']], [0, 1], 3)
+
+
+def test_folds_never_split_a_case_and_test_every_image_once(tmp_path):
+  root = make_case_folder(tmp_path / 'cases')
+  files = sorted(p for p in root.rglob('*.png'))
+  folds = 3
+  tested, sizes = [], []
+  for k in range(folds):
+    data = fold_dataset(root, tmp_path / 'tfds', folds, k)
+    test_cases = set(data.groups['test'])
+    other = set(data.groups['train']) | set(data.groups['validation'])
+    assert test_cases and not test_cases & other  # No case on both sides.
+    assert set(data.groups['validation']) and not set(data.groups['validation']) & set(data.groups['train'])
+    assert set(data.splits['test'].labels) == {0, 1, 2}  # Stratified: every class in every fold.
+    assert sum(data.sizes().values()) == len(files)
+    assert data.metadata['folds']['fold'] == k
+    tested += [splits.content_hash(im) for im in data.splits['test'].images]
+    sizes.append(len(data.splits['test']))
+  everything = [splits.content_hash(im) for im in data.splits['train'].images] + [
+      splits.content_hash(im) for s in ('validation', 'test') for im in data.splits[s].images]
+  assert sorted(tested) == sorted(everything)  # Every image in exactly one fold's test split.
+  assert sizes == data.metadata['folds']['fold_sizes']
+
+
+def test_fold_fields_are_checked(tmp_path):
+  root = make_case_folder(tmp_path / 'cases', cases_per_class=2)
+  config = settings.load_config(LENET_TINY, ['dataset=folder', f'manual_dir={root}', 'folder.num_folds=3',
+                                             'folder.fold=3'])
+  with pytest.raises(UserError, match='fold < num_folds'):
+    train.check_config(config)
+  with pytest.raises(UserError, match='are set by --manual_dir, --folds'):
+    cross_validate.fold_config(LENET_TINY, 3, 0, str(root), ['folder.fold=1'])
+
+
+def test_cross_validation_table_resume_and_refusal(tmp_path, monkeypatch):
+  root = make_case_folder(tmp_path / 'cases')
+  out = tmp_path / 'cv'
+  overrides = [f'data_dir={tmp_path / "tfds"}', 'folder.image_size=28', GROUPS, 'num_epochs=1', 'plots=False']
+  calls = []
+  real = train.train_and_evaluate
+  monkeypatch.setattr(train, 'train_and_evaluate', lambda config, workdir, *a: calls.append(workdir) or real(
+      config, workdir, *a))
+  cv = cross_validate.run_cross_validation(LENET_TINY, 3, root, out, overrides)
+  assert len(calls) == 3 and cv['complete']
+  rows = cv['folds']
+  for r in rows:
+    results = json.loads((out / f'fold_{r["fold"]}' / 'results.json').read_text())
+    assert r['accuracy'] == pytest.approx(results['test_accuracy'], abs=1e-6)  # Evaluation agrees with training.
+    assert r['test_cases'] >= 3 and 0 <= r['case_accuracy'] <= 1
+  # The table's means are the folds' figures', and the pooled confusion matrix holds every image once.
+  for key in ('accuracy', 'macro_f1', 'case_accuracy'):
+    assert cv['mean'][key] == pytest.approx(np.mean([r[key] for r in rows]))
+    assert cv['std'][key] == pytest.approx(np.std([r[key] for r in rows], ddof=1))
+  cm = np.array(cv['confusion_matrix'])
+  assert cm.sum() == len(list(root.rglob('*.png'))) == sum(r['test_images'] for r in rows)
+  assert cv['pooled']['accuracy'] == pytest.approx(np.trace(cm) / cm.sum())
+  md = (out / 'cv.md').read_text()
+  mean_line = next(l for l in md.splitlines() if l.startswith('| mean ± std'))
+  assert f'{100 * cv["mean"]["accuracy"]:.2f} ± {100 * cv["std"]["accuracy"]:.2f}' in mean_line
+  assert md.count('\n| ') >= 3 + 2 + 1 + 3
+  Image.open(out / 'confusion_cv.png').verify()
+  # A rerun trains nothing and gives the same table; an interrupted one trains only the unfinished fold.
+  mtimes = [(out / f'fold_{k}' / 'results.json').stat().st_mtime for k in range(3)]
+  again = cross_validate.run_cross_validation(LENET_TINY, 3, root, out, overrides)
+  assert len(calls) == 3 and again['folds'] == rows
+  assert [(out / f'fold_{k}' / 'results.json').stat().st_mtime for k in range(3)] == mtimes
+  (out / 'fold_2' / 'results.json').unlink()
+  (out / 'cv.json').unlink()
+  again = cross_validate.run_cross_validation(LENET_TINY, 3, root, out, overrides)
+  assert calls[3:] == [str(out / 'fold_2')] and again['mean']['accuracy'] == pytest.approx(cv['mean']['accuracy'])
+  # Other settings in the same OUT are refused, naming what differs.
+  with pytest.raises(UserError, match='overrides'):
+    cross_validate.run_cross_validation(LENET_TINY, 3, root, out, overrides + ['seed=1'])
+  with pytest.raises(UserError, match='folds'):
+    cross_validate.run_cross_validation(LENET_TINY, 4, root, out, overrides)
+  # The program: the same OUT, nothing left to train; it prints the table.
+  command = [sys.executable, '-m', 'anatomy_jax.experiments.cross_validate', f'--config={LENET_TINY}', '--folds=3',
+             f'--manual_dir={root}', f'--outdir={out}'] + [f'--override={o}' for o in overrides]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert '| mean ± std |' in done.stdout and 'Starting lenet' not in done.stderr
+  refused = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert refused.returncode == 1 and 'other settings (overrides differ' in refused.stderr

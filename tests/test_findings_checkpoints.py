@@ -1,0 +1,253 @@
+"""Issue 24's checkpoint findings, one test (or more) each, named after the finding: a run's settings are part of
+its identity (1), `init_from` into an existing run (4), `best` verified at resume (10), read-only tools never
+move another run's files (9, 11), long suspensions during a save (12), experiment reruns with other overrides (3).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from anatomy_jax.core.errors import UserError
+from anatomy_jax.evaluation import inference
+from anatomy_jax.training import checkpoints, train
+from conftest import REPO, make_image_folder
+from test_train import lenet_config, synthetic_dataset
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+  """A finished one-epoch LeNet run (5 steps, checkpoints at steps 2, 4 and 5; best 5) to copy from."""
+  root = tmp_path_factory.mktemp('findings')
+  images = make_image_folder(root / 'images', per_class=20)
+  args = ['--config=configs/lenet.py:tiny', '--config.dataset=folder', f'--config.manual_dir={images}',
+          f'--config.data_dir={root / "tfds"}', '--config.folder.image_size=32', '--config.plots=False',
+          '--config.checkpoint_every_steps=2']
+  out = main(*args, f'--workdir={root / "run"}', '--config.num_epochs=1')
+  assert out.returncode == 0, out.stderr[-2000:]
+  return {'root': root, 'args': args, 'run': root / 'run'}
+
+
+def main(*args, module='anatomy_jax.main'):
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def copy_run(base, tmp_path) -> Path:
+  workdir = tmp_path / 'run'
+  shutil.copytree(base['run'], workdir)
+  return workdir
+
+
+def damage(checkpoint: Path) -> None:
+  """Truncate every large array file (which one holds the parameters varies between saves)."""
+  for f in (checkpoint / 'state').rglob('*'):
+    if f.is_file() and '/d/' in str(f) and f.stat().st_size > 100_000:
+      f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+
+
+def set_best_val_accuracy(checkpoint: Path, value: float) -> None:
+  """Make a checkpoint's record of the best validation accuracy `value` (so that no later epoch is better)."""
+  meta_file = checkpoint / 'meta' / 'metadata'
+  meta = json.loads(meta_file.read_text())
+  meta['best_val_accuracy'] = value
+  meta_file.write_text(json.dumps(meta))
+
+
+def steps_in(directory: Path) -> list[int]:
+  return sorted(int(p.name) for p in directory.glob('[0-9]*'))
+
+
+# ----------------------------------------------------------------------------------------------- finding 1
+
+def test_finding_01_changed_learning_rate_refused(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.learning_rate=0.02',
+             '--config.mean_subtraction=none')
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert 'trained to step 5 with other settings' in out.stderr, out.stderr[-2000:]
+  assert 'learning_rate: checkpoint 0.01 vs now 0.02' in out.stderr
+  assert "mean_subtraction: checkpoint 'image' vs now 'none'" in out.stderr
+  assert '--config.accept_config_changes=True' in out.stderr
+  assert steps_in(workdir / 'checkpoints' / 'latest') == [2, 4, 5]  # Nothing trained.
+
+
+def test_finding_01_every_field_that_changes_the_computation_is_compared():
+  saved = json.loads(lenet_config().to_json_best_effort())
+  changed = {'learning_rate': 0.5, 'momentum': 0.5, 'weight_decay': 0.1, 'lr_schedule': 'cosine',
+             'lr_step_fraction': 0.5, 'lr_gamma': 0.5, 'warmup_epochs': 1.0, 'mean_subtraction': 'pixel',
+             'scale': 2.0, 'mirror': True, 'augment.rotation': 5.0, 'label_smoothing': 0.1,
+             'class_weights': 'balanced', 'dtype': 'bfloat16', 'bias_lr_mult': 1.0, 'body_lr_mult': 0.5,
+             'freeze_body_epochs': 1.0}
+  config = lenet_config(**changed)
+  assert set(checkpoints.settings_changes(saved, config)) == set(changed)
+  # What only extends the run or changes how it is run and recorded may change freely.
+  free = lenet_config(num_epochs=9, log_every_steps=7, checkpoint_every_steps=3, keep_checkpoints=5, plots=False,
+                      allow_download=False, steps_per_dispatch=2, parallelism='pmap', eval_batch_size=16,
+                      accept_config_changes=True)
+  assert checkpoints.settings_changes(saved, free) == {}
+
+
+def test_finding_01_accepted_change_recorded_with_its_step(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.learning_rate=0.02',
+             '--config.accept_config_changes=True')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'Continuing from step 5 with changed settings (accepted): learning_rate 0.01 -> 0.02' in out.stderr
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['config_changes'] == [{'step': 5, 'changes': {'learning_rate': [0.01, 0.02]}}]
+  # The next rerun with the new settings continues without a word, and keeps the record.
+  again = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.learning_rate=0.02')
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert json.loads((workdir / 'results.json').read_text())['config_changes'] == results['config_changes']
+
+
+def test_finding_01_finish_tests_under_the_checkpoints_own_preprocessing(tmp_path):
+  dataset = synthetic_dataset()
+  config = lenet_config(num_epochs=1, log_every_steps=100, checkpoint_every_minutes=0.0, plots=False)
+  first = train.train_and_evaluate(config, str(tmp_path / 'run'), dataset)
+  # Resume the finished run (nothing left to train) with other preprocessing, accepted: the best checkpoint
+  # is still tested as it was trained (issue: results.json said 0.20 where `evaluate` said 100%).
+  changed = lenet_config(num_epochs=1, log_every_steps=100, checkpoint_every_minutes=0.0, plots=False,
+                         mean_subtraction='none', scale=1.0, accept_config_changes=True)
+  second = train.train_and_evaluate(changed, str(tmp_path / 'run'), dataset)
+  for key in ('test_accuracy', 'test_loss', 'val_accuracy', 'val_loss'):
+    assert second[key] == first[key], key
+  assert second['config_changes'] == [{'step': first['steps'], 'changes': {'mean_subtraction': ['image', 'none'],
+                                                                          'scale': [0.0125, 1.0]}}]
+
+
+# ----------------------------------------------------------------------------------------------- finding 4
+
+def test_finding_04_init_from_into_an_existing_run_is_an_error(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', f'--config.init_from={base["run"]}')
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: config.init_from={base["run"]}: {workdir} already holds a run (step 5, trained '
+                         'from scratch)'), last
+  assert 'drop --config.init_from' in last
+  assert steps_in(workdir / 'checkpoints' / 'latest') == [2, 4, 5]
+
+
+# ----------------------------------------------------------------------------------------------- finding 10
+
+def test_finding_10_damaged_best_is_restored_from_latest_before_it_rotates_away(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  set_best_val_accuracy(workdir / 'checkpoints' / 'latest' / '5', 1.0)  # Step 5 stays the best.
+  damage(workdir / 'checkpoints' / 'best' / '5')
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=3')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Restored best checkpoint' in out.stderr and 'checkpoint=latest' not in out.stderr, out.stderr[-3000:]
+  assert 5 not in steps_in(workdir / 'checkpoints' / 'latest')  # latest rotated its copy away...
+  assert steps_in(workdir / 'checkpoints' / 'best') == [5]  # ...after best got a good one back.
+  assert json.loads((workdir / 'results.json').read_text())['best_step'] == 5
+  assert inference.load_run(workdir, 'best').step == 5
+
+
+def test_finding_10_best_with_no_good_copy_never_strands_the_run(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  set_best_val_accuracy(workdir / 'checkpoints' / 'latest' / '5', 1.0)
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.keep_checkpoints=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert steps_in(workdir / 'checkpoints' / 'latest') == [10] and steps_in(workdir / 'checkpoints' / 'best') == [5]
+  damage(workdir / 'checkpoints' / 'best' / '5')  # Now no good copy of step 5 exists anywhere.
+  # Rerunning the finished run: nothing left to train, so the latest is tested, and results.json says so.
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.keep_checkpoints=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'checkpoint=latest' not in out.stderr and 'is lost' in out.stderr, out.stderr[-3000:]
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['best_step'] == 10
+  assert any('the latest (step 10) was tested instead' in w for w in results['warnings']), results['warnings']
+  # Training on: the best is chosen again from the epochs still to train.
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=3', '--config.keep_checkpoints=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'The best checkpoint (step 5, validation accuracy 1.0000) is lost' in out.stderr, out.stderr[-3000:]
+  assert 'checkpoint=latest' not in out.stderr
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['best_step'] == 15 and steps_in(workdir / 'checkpoints' / 'best') == [15]
+
+
+# ----------------------------------------------------------------------------------------------- finding 9
+
+def test_finding_09_evaluate_on_damaged_best_moves_nothing_and_training_still_finishes(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  damage(workdir / 'checkpoints' / 'best' / '5')
+  out = main(f'--workdir={workdir}', module='anatomy_jax.evaluate')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'Using its copy {workdir}/checkpoints/latest/5' in out.stderr
+  assert steps_in(workdir / 'checkpoints' / 'best') == [5] and not (workdir / 'checkpoints' / 'corrupt').exists()
+  again = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads((workdir / 'results.json').read_text())['best_step'] == 5
+
+
+def test_finding_09_training_finishes_when_best_is_missing_but_latest_holds_its_step(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  shutil.move(workdir / 'checkpoints' / 'best' / '5', tmp_path / 'moved_away')  # What evaluate used to do.
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'No best checkpoint' not in out.stderr
+  assert json.loads((workdir / 'results.json').read_text())['best_step'] == 5
+  assert steps_in(workdir / 'checkpoints' / 'best') == [5]  # Put back from latest's copy.
+
+
+# ----------------------------------------------------------------------------------------------- finding 11
+
+def test_finding_11_readers_never_move_another_runs_damaged_checkpoints(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  damage(workdir / 'checkpoints' / 'best' / '5')
+  damage(workdir / 'checkpoints' / 'latest' / '5')
+  before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*'))
+  # evaluate and predict (load_run) and init_from (train.start_from, which uses load_run) read `best` ...
+  with pytest.raises(UserError, match='latest holds no good copy of step 5'):
+    inference.load_run(workdir, 'best')
+  # ... or `latest`, falling back to the step before, read-only.
+  assert inference.load_run(workdir, 'latest').step == 4
+  assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*')) == before
+  assert not (workdir / 'checkpoints' / 'corrupt').exists()
+
+
+def test_finding_11_init_from_a_damaged_run_moves_nothing(base, tmp_path):
+  source = copy_run(base, tmp_path)
+  damage(source / 'checkpoints' / 'latest' / '5')
+  out = main(*base['args'], f'--workdir={tmp_path / "new"}', '--config.num_epochs=1',
+             f'--config.init_from={source}/checkpoints/latest')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'Starting lenet from {source} (step 4' in out.stderr, out.stderr[-3000:]
+  assert steps_in(source / 'checkpoints' / 'latest') == [2, 4, 5] and not (source / 'checkpoints' / 'corrupt').exists()
+
+
+# ----------------------------------------------------------------------------------------------- finding 12
+
+def test_finding_12_a_long_suspension_during_an_async_save_does_not_time_out(tmp_path):
+  with checkpoints.Checkpointer(tmp_path) as ckpt:
+    for manager in (ckpt.latest, ckpt.best):
+      timeout = manager._options.async_options.timeout_secs  # Orbax's wall-clock limit on a background save.
+      assert timeout == checkpoints.SAVE_TIMEOUT_SECS >= 24 * 3600  # Orbax's default, 20 minutes, killed runs.
+      assert timeout * 1000 < 2 ** 31  # Multi-process barriers take it in milliseconds, as a 32-bit int.
+
+
+# ----------------------------------------------------------------------------------------------- finding 3
+
+def test_finding_03_experiment_rerun_with_other_overrides_is_refused(tmp_path):
+  from anatomy_jax.experiments import runner
+  workdir = tmp_path / 'lenet'
+  config = lenet_config(num_epochs=1, learning_rate=0.01)
+  workdir.mkdir()
+  (workdir / 'requested_config.json').write_text(config.to_json_best_effort())
+  finished = {'test_accuracy': 0.5, 'provenance': {'config': json.loads(config.to_json_best_effort())}}
+  (workdir / 'results.json').write_text(json.dumps(finished))
+  assert runner.train_once(lenet_config(num_epochs=1, learning_rate=0.01, log_every_steps=3), workdir) == finished
+  with pytest.raises(UserError) as e:
+    runner.train_once(lenet_config(num_epochs=3, learning_rate=0.1), workdir)
+  message = str(e.value)
+  assert '\n' not in message and f'{workdir} holds a run with other settings' in message
+  assert 'learning_rate: 0.01 there, 0.1 now' in message and 'num_epochs: 1 there, 3 now' in message
+  assert 'use another --outdir' in message
+  # Runs from before requested_config.json are compared with the config their results.json records.
+  (workdir / 'requested_config.json').unlink()
+  with pytest.raises(UserError, match='num_epochs: 1 there, 3 now'):
+    runner.train_once(lenet_config(num_epochs=3), workdir)
