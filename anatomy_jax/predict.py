@@ -109,7 +109,8 @@ def check_output(output: Path) -> None:
   """Before any work: the CSV's folder can be written, and what `output` names, if it exists, is a CSV that
   predict wrote (never a folder, a FIFO, or another file such as the run's results.json)."""
   if output.is_dir():
-    raise UserError(f'--output={output} is a folder: name the CSV file to write, e.g. --output={output / "predictions.csv"}.')
+    raise UserError(f'--output={output} is a folder: name the CSV file to write, e.g. '
+                    f'--output={output / "predictions.csv"}.')
   if output.exists() or output.is_symlink():
     first = ''
     if output.is_file():  # Never opened otherwise: a FIFO would wait forever.

@@ -144,6 +144,7 @@ def benchmark(config, workdir: str = '/tmp/anatomy_jax_benchmark', steps_per_run
       'compilation_cache': compilation.cache_dir(config.compilation_cache_dir),
       'device': provenance.devices(), 'versions': provenance.versions(), 'git_commit': provenance.git_commit(),
   }
+  result['git_dirty'] = result['git_commit'].endswith('+dirty')  # Uncommitted changes: not reproducible as is.
   peers = {}
   for mode in torch_modes:
     with phase(f'PyTorch peer ({mode})'):

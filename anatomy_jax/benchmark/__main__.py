@@ -55,8 +55,9 @@ def main(argv):
   if FLAGS.output:  # Checked before the work, not after it.
     output = Path(FLAGS.output)
     if output.is_dir() or (output.exists() and not output.is_file()):
+      example = output / 'bench.json' if output.is_dir() else 'bench.json'
       raise UserError(f'--output={output} is {"a folder" if output.is_dir() else "not a regular file"}: name the '
-                      f'JSON file to write, e.g. --output={output / "bench.json" if output.is_dir() else "bench.json"}.')
+                      f'JSON file to write, e.g. --output={example}.')
     checkpoints.check_writable(output.parent, 'output directory', '--output')
   r = benchmark.benchmark(FLAGS.config, FLAGS.workdir, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
   print(benchmark.summary_line(r))
