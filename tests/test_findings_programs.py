@@ -476,8 +476,9 @@ def test_finding_24_lock_file_pins_every_requirement_within_its_bounds_and_is_wh
     name = canonical(r.name)
     assert name in pins, f'{r.name} is required but not pinned in requirements.lock'
     assert r.specifier.contains(pins[name]), f'{r.name}=={pins[name]} is outside requirements.txt\'s {r.specifier}'
-    # The suite runs with the tested versions (CI installs them with -c requirements.lock).
-    assert importlib.metadata.version(r.name) == pins[name], (
+    # In CI the suite runs with the tested versions (.ci/run installs them with -c requirements.lock); elsewhere
+    # (a GPU machine's CUDA jax, a user's newer releases) other versions are allowed.
+    assert not os.environ.get('CI') or importlib.metadata.version(r.name) == pins[name], (
         f'{r.name} {importlib.metadata.version(r.name)} is installed, requirements.lock says {pins[name]}: install '
         'with -c requirements.lock, or re-freeze after the suite passes (see requirements.txt).')
   assert '-c requirements.lock' in (REPO / '.ci' / 'run').read_text()
