@@ -101,10 +101,17 @@ def test_predict_on_files_reports_and_skips_bad_ones(trained, tmp_path):
     assert float(row['probability']) == pytest.approx(max(probs), abs=1e-6)
     assert row['low_confidence'] == str(max(probs) < 0.6)
   assert out.stderr.count('notes.txt') == 1  # Each skipped file reported once.
-  # Prediction agrees with evaluation preprocessing: the same file gives the same probabilities in-process.
+  # Prediction agrees with evaluation preprocessing: the same file gives the same probabilities in-process, and
+  # the same as the run's own evaluation path (Run.predict on the image as the dataset stores it).
+  from anatomy_jax.data import images as image_io
   run = inference.load_run(trained['workdir'])
   rows2, skipped = classify.predict_files(run, [good[0]])
-  assert not skipped and rows2[0]['predicted'] == rows[0]['predicted']
+  assert not skipped and rows[0]['file'] == str(good[0])
+  names = ('dicom', 'disc', 'horizontal', 'vertical')
+  in_process = [rows2[0][f'p_{c}'] for c in names]
+  assert [float(rows[0][f'p_{c}']) for c in names] == pytest.approx(in_process, abs=1e-6)
+  stored = image_io.load(good[0], run.image_shape[0], run.image_shape[2])
+  assert scores.softmax(run.predict(stored[None])['logits'])[0] == pytest.approx(in_process, abs=1e-6)
 
 
 def test_predict_all_good_exits_zero(trained, tmp_path):

@@ -270,12 +270,17 @@ def test_finding_18_fifos_sockets_are_refused_by_name_never_opened(trained, tmp_
 
 
 def test_finding_18_fifos_in_a_training_folder_are_skipped_with_a_line(tmp_path):
+  from anatomy_jax import data as datasets
   from anatomy_jax.data import images
-  root = make_image_folder(tmp_path / 'images', per_class=3)
+  root = make_image_folder(tmp_path / 'images', per_class=12)
   os.mkfifo(root / 'disc' / 'pipe.png')
   found, unreadable = images.walk_files(root)
   assert root / 'disc' / 'pipe.png' not in found
   assert unreadable == [(root / 'disc' / 'pipe.png', images.NOT_A_FILE)]
+  # The dataset build lists it among the skipped files (reported as each skipped file is), never opening it.
+  data = datasets.load_dataset(tiny_config('lenet', root, tmp_path / 'tfds'))
+  assert {'file': 'disc/pipe.png', 'reason': images.NOT_A_FILE} in data.metadata['skipped']
+  assert sum(len(s.labels) for s in data.splits.values()) == 36
 
 
 def test_finding_18_benchmark_output_folder_is_refused_before_the_work(tmp_path):
@@ -284,3 +289,203 @@ def test_finding_18_benchmark_output_folder_is_refused_before_the_work(tmp_path)
   line = assert_one_line_error(out, 1)
   assert f'--output={tmp_path} is a folder' in line
   assert '[benchmark]' not in out.stderr and not (tmp_path / 'wd').exists()
+
+
+# ------------------------------------------------------------------------------------------------ finding 22
+
+def test_finding_22_table2_note_keeps_the_full_commit_and_dirty_flag(monkeypatch):
+  from anatomy_jax.core import provenance
+  from anatomy_jax.experiments import table2
+  commit = 'a844065553c379444d4316f104023973bebdb513'
+  monkeypatch.setattr(provenance, 'git_commit', lambda: commit + '+dirty')
+  note = table2.measured_note('tiny', ['num_epochs=1'])
+  assert f'code {commit}+dirty (uncommitted changes: not reproducible from the commit alone)' in note
+  assert 'overrides: num_epochs=1; variant tiny.' in note
+  assert provenance.collect()['git_dirty'] is True
+  monkeypatch.setattr(provenance, 'git_commit', lambda: commit)
+  assert f'code {commit}; overrides: none.' in table2.measured_note()
+  assert provenance.collect()['git_dirty'] is False
+
+
+# ------------------------------------------------------------------------------------------------ finding 23
+
+@pytest.mark.parametrize('x_shape,k,cout,stride,pad', [
+    ((2, 28, 28, 1), 5, 20, 1, 0),  # LeNet conv1.
+    ((2, 12, 12, 20), 5, 50, 1, 0),  # LeNet conv2.
+    ((2, 37, 37, 3), 11, 8, 4, 0),  # AlexNet conv1's kernel and stride; 37 leaves 2 rows no output reaches.
+    ((2, 13, 13, 6), 5, 4, 2, 2),  # The proposed CNN's conv2 (stride 2, pad 2; 13 is uneven for it).
+    ((2, 7, 7, 4), 3, 6, 2, 1),  # Its conv3/conv4.
+    ((2, 9, 9, 4), 3, 6, 1, 1),  # AlexNet's conv3-5.
+])
+def test_finding_23_cpu_conv_gradients_equal_jax_grad(x_shape, k, cout, stride, pad):
+  import jax
+  from anatomy_jax.models import layers
+  rng = np.random.default_rng(0)
+  x = jax.numpy.asarray(rng.normal(size=x_shape), jax.numpy.float32)
+  kernel = jax.numpy.asarray(rng.normal(size=(k, k, x_shape[-1], cout)) * 0.1, jax.numpy.float32)
+
+  def plain(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad)] * 2,
+                                        dimension_numbers=layers.DIMENSIONS)
+
+  y, vjp = jax.vjp(plain, x, kernel)
+  y_cpu, vjp_cpu = jax.vjp(lambda x, kernel: layers.cpu_conv(x, kernel, stride, pad), x, kernel)
+  dy = jax.numpy.asarray(rng.normal(size=y.shape), jax.numpy.float32)
+  np.testing.assert_array_equal(y_cpu, y)
+  for mine, theirs, name in zip(jax.jit(vjp_cpu)(dy), jax.jit(vjp)(dy), ('input', 'kernel')):
+    # The claim (layers.cpu_conv's docstring): the same bits as JAX's own derivative outside a loop.
+    np.testing.assert_array_equal(mine, theirs, err_msg=name)
+
+
+def test_finding_23_grouped_caffe_conv_gradients_equal_jax_grad():
+  """AlexNet's two-group convolutions run one group at a time through cpu_conv on CPU: same gradients as a
+  native grouped convolution (feature_group_count) under jax.grad."""
+  import jax
+  from anatomy_jax.models import layers
+  conv = layers.CaffeConv(8, 5, stride=1, pad=2, groups=2, name='conv2')
+  x = jax.numpy.asarray(np.random.default_rng(1).normal(size=(2, 9, 9, 6)), jax.numpy.float32)
+  params = conv.init(jax.random.key(0), x)['params']
+
+  def native(params, x):
+    y = jax.lax.conv_general_dilated(x, params['kernel'], (1, 1), [(2, 2)] * 2, dimension_numbers=layers.DIMENSIONS,
+                                     feature_group_count=2)
+    return y + params['bias']
+
+  loss = lambda f: lambda params, x: jax.numpy.sum(jax.numpy.sin(f(params, x)))
+  mine = jax.grad(loss(lambda p, x: conv.apply({'params': p}, x)), argnums=(0, 1))(params, x)
+  theirs = jax.grad(loss(native), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_finding_23_cosine_and_warmup_schedules_against_a_hand_reference():
+  import ml_collections
+  from anatomy_jax.training import optim
+  config = ml_collections.ConfigDict(dict(learning_rate=0.1, lr_schedule='cosine', warmup_epochs=1.0,
+                                          lr_step_fraction=0.5, lr_gamma=0.1))
+  lr = optim.lr_schedule(config, total_steps=50, steps_per_epoch=10)  # 10 warm-up steps, then 40 of cosine.
+  hand = lambda t: 0.1 * t / 10 if t < 10 else 0.1 * 0.5 * (1 + math.cos(math.pi * (t - 10) / 40))
+  for t in (0, 1, 5, 9, 10, 11, 20, 30, 45, 50):
+    assert float(lr(t)) == pytest.approx(hand(t), abs=1e-7), t
+  assert float(lr(30)) == pytest.approx(0.05) and float(lr(50)) == pytest.approx(0.0, abs=1e-9)
+  config.lr_schedule = 'step'  # Warm-up, then DIGITS' step-down every half of the run's 50 steps (25), counted from
+  # the warm-up's end.
+  lr = optim.lr_schedule(config, total_steps=50, steps_per_epoch=10)
+  for t, want in ((0, 0.0), (5, 0.05), (10, 0.1), (24, 0.1), (34, 0.1), (35, 0.01), (49, 0.01)):
+    assert float(lr(t)) == pytest.approx(want, rel=1e-6, abs=1e-9), t
+  config.warmup_epochs = 0.0
+  assert float(optim.lr_schedule(config, total_steps=50, steps_per_epoch=10)(0)) == pytest.approx(0.1)
+
+
+class Linear(models.Network):
+  """logits = x W + b on the flattened image: small enough to check the objective by hand."""
+  input_size = 4
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, example_keys=None):
+    return {'logits': nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.5))(x.reshape(len(x), -1))}
+
+
+@pytest.mark.parametrize('smoothing,balanced', [(0.0, False), (0.2, False), (0.0, True), (0.1, True)])
+def test_finding_23_label_smoothing_and_class_weights_against_a_hand_reference(smoothing, balanced):
+  import jax
+  import optax
+  from anatomy_jax.training import steps
+  model, k = Linear(num_classes=3), 3
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (6, 4, 4, 1)).astype(np.uint8)
+  labels = np.array([0, 0, 0, 1, 1, 2], np.int32)
+  data = {'images': images, 'labels': labels, 'mean': np.zeros((4, 4, 1), np.float32)}
+  weights = np.array([6 / (3 * 3), 6 / (3 * 2), 6 / (3 * 1)], np.float32)  # n / (classes x count): 2/3, 1, 2.
+  if balanced:
+    data['class_weights'] = weights
+  tx = optax.sgd(0.0)
+  state = steps.create_state(model, tx, (4, 4, 1), seed=0)
+  preprocess = lambda x, mean, keys: (x.astype(np.float32) - mean) / 255
+  batch = {'idx': np.arange(6, dtype=np.int32), 'pos': np.arange(6, dtype=np.int32)}
+  _, m = steps.train_step(state, batch, data, model=model, tx=tx, preprocess=preprocess,
+                          schedule=lambda s: 0.0, label_smoothing=smoothing)
+  logits = np.asarray(model.apply({'params': state.params}, images.astype(np.float32) / 255, train=False)['logits'],
+                      np.float64)
+  log_p = logits - logits.max(1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+  targets = (1 - smoothing) * np.eye(k)[labels] + smoothing / k
+  per_example = -(targets * log_p).sum(1) * (weights[labels] if balanced else 1)
+  assert float(m['total_loss']) == pytest.approx(per_example.sum(), rel=1e-5)
+  # The reported loss stays the plain cross-entropy, whatever the objective.
+  assert float(m['loss']) == pytest.approx(-log_p[np.arange(6), labels].sum(), rel=1e-5)
+
+
+def test_finding_23_early_stopping_stops_after_the_stale_epochs(tmp_path):
+  from test_train import lenet_config, synthetic_dataset
+  assert train.Position(step=50, best_step=20).stale_epochs(10) == 3
+  # A learning rate too small to change anything: epoch 1 sets the best, epochs 2 and 3 don't improve on it,
+  # so with early_stopping_epochs=2 the run stops before epoch 4 of 6.
+  dataset = synthetic_dataset(n_train=40)
+  config = lenet_config(num_epochs=6, early_stopping_epochs=2, learning_rate=1e-20, log_every_steps=100)
+  results = train.train_and_evaluate(config, str(tmp_path / 'wd'), dataset)
+  spe = 40 // config.batch_size
+  assert results['steps_trained'] == 3 * spe and results['best_step'] == spe
+  assert [r['epoch'] for r in records.read_records(tmp_path / 'wd' / 'metrics.jsonl')] == [1, 2, 3]
+
+
+def test_finding_23_tta_views_are_the_centre_and_corner_crops_mirrored():
+  import jax
+  from anatomy_jax.data import preprocess
+  from anatomy_jax.training import steps
+  p = preprocess.Preprocess(image_size=6, crop_size=4, mirror=True, scale=0.5)
+  images = np.arange(2 * 6 * 6, dtype=np.uint8).reshape(2, 6, 6, 1)
+  mean = np.full((6, 6, 1), 10, np.float32)
+  x = (images.astype(np.float32) - 10) * 0.5
+  crops = [x[:, 1:5, 1:5], x[:, 0:4, 0:4], x[:, 0:4, 2:6], x[:, 2:6, 0:4], x[:, 2:6, 2:6]]
+  views = [np.asarray(v) for v in p.views(jax.numpy.asarray(images), jax.numpy.asarray(mean))]
+  assert len(views) == 10
+  for got, want in zip(views, crops + [c[:, :, ::-1] for c in crops]):
+    np.testing.assert_array_equal(got, want)
+  # predict_tta averages the softmax over exactly these views.
+  model = Linear(num_classes=3)
+  params = model.init(jax.random.key(0), jax.numpy.zeros((1, 4, 4, 1)), train=False)['params']
+  got = np.asarray(steps.predict_tta(params, jax.numpy.asarray(images), jax.numpy.asarray(mean), model=model,
+                                     preprocess=p))
+  want = np.mean([metrics.softmax(np.asarray(model.apply({'params': params}, v, train=False)['logits']))
+                  for v in crops + [c[:, :, ::-1] for c in crops]], axis=0)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Without a margin there are no corners; without mirroring no mirror images.
+  assert len(preprocess.Preprocess(4, 4, False, 1.0).views(jax.numpy.asarray(images[:, :4, :4]),
+                                                               jax.numpy.zeros((4, 4, 1)))) == 1
+
+
+# ------------------------------------------------------------------------------------------------ finding 24
+
+def read_pins(path):
+  pins = {}
+  for line in path.read_text().splitlines():
+    line = line.split('#', 1)[0].strip()
+    if line:
+      name, _, version = line.partition('==')
+      pins[canonical(name)] = version
+  return pins
+
+
+def canonical(name: str) -> str:
+  return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def test_finding_24_lock_file_pins_every_requirement_within_its_bounds_and_is_what_runs():
+  import importlib.metadata
+  from packaging.requirements import Requirement
+  pins = read_pins(REPO / 'requirements.lock')
+  assert all(v for v in pins.values()), 'every line of requirements.lock is NAME==VERSION'
+  requirements = [Requirement(l.split('#', 1)[0].strip()) for l in (REPO / 'requirements.txt').read_text().splitlines()
+                  if l.split('#', 1)[0].strip()]
+  assert len(requirements) >= 15
+  for r in requirements:
+    name = canonical(r.name)
+    assert name in pins, f'{r.name} is required but not pinned in requirements.lock'
+    assert r.specifier.contains(pins[name]), f'{r.name}=={pins[name]} is outside requirements.txt\'s {r.specifier}'
+    # In CI the suite runs with the tested versions (.ci/run installs them with -c requirements.lock); elsewhere
+    # (a GPU machine's CUDA jax, a user's newer releases) other versions are allowed.
+    assert not os.environ.get('CI') or importlib.metadata.version(r.name) == pins[name], (
+        f'{r.name} {importlib.metadata.version(r.name)} is installed, requirements.lock says {pins[name]}: install '
+        'with -c requirements.lock, or re-freeze after the suite passes (see requirements.txt).')
+  assert '-c requirements.lock' in (REPO / '.ci' / 'run').read_text()

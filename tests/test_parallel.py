@@ -27,18 +27,21 @@ def run_check(model: str, steps: int, devices: int = 8) -> dict:
   return json.loads(line[len('RESULT '):])
 
 
-@pytest.mark.parametrize('model,steps', [
-    ('lenet', 3),
-    ('googlenet', 2),  # Dropout in the main and both aux heads, aux losses x 0.3.
+@pytest.mark.parametrize('model,steps,bound', [
+    # Measured (2026-12-02, this code, CPU): the largest parameter difference from one device is 7.3e-4 of the
+    # largest change the steps made for LeNet (1.0e-5 of 0.0138), 6.2e-5 for GoogLeNet (3.0e-6 of 0.048); the
+    # bounds are about twice that. (Was 1e-2 for both: a tenth of a wrong update would have passed.)
+    ('lenet', 3, 1.5e-3),
+    ('googlenet', 2, 1.5e-4),  # Dropout in the main and both aux heads, aux losses x 0.3.
 ])
-def test_jit_and_pmap_on_8_devices_match_one_device(model, steps):
+def test_jit_and_pmap_on_8_devices_match_one_device(model, steps, bound):
   r = run_check(model, steps)
   assert r['devices'] == 8
   assert r['param_change'] > 1e-3  # The steps moved the parameters, so agreement means something.
   for mode in ('jit', 'pmap'):
     # Sums are reduced in another order across devices, so float32 rounding differs slightly; a wrong dropout
     # mask, crop or gradient average would differ by the size of the update itself.
-    assert r[mode]['param_abs_diff'] < 1e-2 * r['param_change'], (mode, r[mode], r['param_change'])
+    assert r[mode]['param_abs_diff'] < bound * r['param_change'], (mode, r[mode], r['param_change'])
     assert r[mode]['metric_diff'] < 1e-5, (mode, r[mode])
   if model == 'googlenet':
     assert {'loss1_correct', 'loss2_correct'} <= set(r['jit']['metric_keys'])

@@ -113,6 +113,7 @@ def benchmark(config, steps_per_run: int = 20, repeats: int = 5, torch_modes=())
       'compilation_cache': jax_cache.cache_dir(config.compilation_cache_dir),
       'device': provenance.devices(), 'versions': provenance.versions(), 'git_commit': provenance.git_commit(),
   }
+  result['git_dirty'] = result['git_commit'].endswith('+dirty')  # Uncommitted changes: not reproducible as is.
   peers = {}
   for mode in torch_modes:
     with phase(f'PyTorch peer ({mode})'):

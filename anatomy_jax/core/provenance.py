@@ -54,6 +54,7 @@ def devices() -> dict:
 
 def collect(config=None) -> dict:
   out = {'git_commit': git_commit(), 'versions': versions(), 'devices': devices()}
+  out['git_dirty'] = out['git_commit'].endswith('+dirty')
   if config is not None:
     import json
     out['config'] = json.loads(config.to_json_best_effort())

@@ -73,15 +73,23 @@ def write_tables(rows: list[dict], outdir: Path, note: str = '') -> tuple[Path, 
   return csv_path, md_path
 
 
+def measured_note(variant: str = '', overrides=()) -> str:
+  """Where the table was measured: devices, the full commit and, when the tree had uncommitted changes, that
+  it did (a cut commit would hide '+dirty'), the variant and the overrides."""
+  dev = provenance.devices()
+  commit = provenance.git_commit()
+  dirty = commit.endswith('+dirty')
+  return (f'Measured on {dev["device_count"]} x {dev["device_kind"]} ({dev["backend"]}; host CPU {dev["cpu"]}, '
+          f'{dev["cpu_count"]} cores), code {commit}'
+          f'{" (uncommitted changes: not reproducible from the commit alone)" if dirty else ""}; overrides: '
+          f'{", ".join(overrides) or "none"}{"; variant " + variant if variant else ""}.')
+
+
 def run_table2(outdir, names=None, variant='', overrides=()) -> list[dict]:
   outdir = Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
   rows = []
-  dev = provenance.devices()
-  note = (f'Measured on {dev["device_count"]} x {dev["device_kind"]} ({dev["backend"]}; host CPU {dev["cpu"]}, '
-          f'{dev["cpu_count"]} cores), code '
-          f'{provenance.git_commit()[:12]}; overrides: {", ".join(overrides) or "none"}'
-          f'{"; variant " + variant if variant else ""}.')
+  note = measured_note(variant, overrides)
   for model in names or list(models.MODELS):
     config = runner.load_config(model, variant, overrides)
     workdir = outdir / model
