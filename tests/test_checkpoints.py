@@ -168,10 +168,11 @@ def test_damaged_best_checkpoint_falls_back_to_its_copy_in_latest(base, tmp_path
   workdir = copy_run(base, tmp_path)
   best = next((workdir / 'checkpoints' / 'best').glob('[0-9]*'))
   # evaluate reads the parameters only, and which of the large array files holds them (rather than the
-  # optimizer state) varies from save to save: damage every large one.
+  # optimizer state), and where in the file, varies from save to save: cut every large one to a few bytes (cut
+  # in half, a file whose first half held the parameters still read, and the test failed now and then).
   for target in array_files(best):
     if target.stat().st_size > 100_000:
-      target.write_bytes(target.read_bytes()[:target.stat().st_size // 2])
+      target.write_bytes(target.read_bytes()[:16])
   out = run_program('anatomy_jax.evaluate', f'--workdir={workdir}')
   assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
   assert f'Using its copy {workdir}/checkpoints/latest/{best.name}' in out.stderr
