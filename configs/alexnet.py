@@ -3,7 +3,7 @@
   python -m anatomy_jax.main --config=configs/alexnet.py --workdir=workdirs/alexnet
 
 Its option is under model_kwargs: `--config.model_kwargs.dropout_rate=0.5`. About 10 hours on a 2-core CPU
-(35 training images/s): run it on a GPU (launch/gpu_check.sh), or see the README's reduced Table II.
+(35 training images/s): run it on a GPU (launch/gpu_check.sh), or see docs/results.md's reduced Table II.
 """
 
 import ml_collections

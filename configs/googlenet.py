@@ -3,7 +3,7 @@
   python -m anatomy_jax.main --config=configs/googlenet.py --workdir=workdirs/googlenet
 
 Its options are under model_kwargs, e.g. `--config.model_kwargs.aux_weight=0.5`. About 30 hours on a 2-core
-CPU (8.7 training images/s): run it on a GPU (launch/gpu_check.sh), or see the README's reduced Table II.
+CPU (8.7 training images/s): run it on a GPU (launch/gpu_check.sh), or see docs/results.md's reduced Table II.
 """
 
 import ml_collections

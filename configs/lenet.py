@@ -2,7 +2,7 @@
 
   python -m anatomy_jax.main --config=configs/lenet.py --workdir=workdirs/lenet
 
-Expected: 99.83% test accuracy on MedNIST (95% CI 99.69-99.91) in 6 minutes on a 2-core CPU (README).
+Expected: 99.83% test accuracy on MedNIST (95% CI 99.69-99.91) in 6 minutes on a 2-core CPU (docs/results.md).
 """
 
 from configs import default

@@ -3,7 +3,7 @@
   python -m anatomy_jax.main --config=configs/proposed.py --workdir=workdirs/proposed
 
 About 5 h 22 min on a 2-core CPU (65 training images/s); `configs/proposed.py:quick` takes 3.5 minutes there
-and reaches ~96% test accuracy on MedNIST (README).
+and reaches ~96% test accuracy on MedNIST (README, docs/results.md).
 
 The text's open architecture choices are fields of `model_kwargs` (see anatomy_jax/models/proposed.py), e.g.
 `--config.model_kwargs.pool_after_conv2=False`. Batch 100 and 256 -> 227 crops as for AlexNet, its parent.

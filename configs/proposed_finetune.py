@@ -6,12 +6,12 @@ a gentler start for them, more augmentation, smoothed labels, and a stop when va
   # Once: a MedNIST run to start from (the proposed CNN; 2 epochs reach ~99% on MedNIST).
   python -m anatomy_jax.main --config=configs/proposed.py --workdir=workdirs/proposed_mednist \\
       --config.manual_dir=DIR_WITH_MEDNIST --config.num_epochs=2
-  # Your images (class folders; see the README's "Your own images"):
+  # Your images (class folders; see docs/own_images.md):
   python -m anatomy_jax.main --config=configs/proposed_finetune.py --workdir=workdirs/mine_ft \\
       --config.manual_dir=my_images --config.init_from=workdirs/proposed_mednist
 
 Without init_from it is the same recipe from scratch. Every part is a field (configs/default.py); the
-paper's protocol is configs/proposed.py. Measured against it: the README's "Your own images".
+paper's protocol is configs/proposed.py. Measured against it (on small_mednist only; it lost on real MedPix cases): docs/own_images.md.
 """
 
 from configs import default, proposed

@@ -84,7 +84,7 @@ def launch(args: list[str], processes: int, devices: int, log_dir) -> None:
 def test_a_long_epoch_on_four_cpu_devices_finishes(parallelism, tmp_path):
   # 600 steps in one epoch with no pause. Before programs with collectives were run one at a time on CPUs,
   # this stalled within the first 50 steps and XLA aborted the process after 40 s (exit 134), with jit and
-  # with pmap (see anatomy_jax/parallel.py).
+  # with pmap (see anatomy_jax/training/parallel.py).
   out = run_python(REPO / 'tests' / 'long_run_check.py', parallelism, tmp_path / 'run', env=fake_devices(4))
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -2,7 +2,7 @@
 
   python -m anatomy_jax.benchmark --config=configs/proposed.py [--config.FIELD=...] [--output=bench.json]
       [--steps=20] [--repeats=5] [--torch=eager,compile]
-  python -m anatomy_jax.benchmark --table bench_*.json      # the README's markdown table from saved JSON
+  python -m anatomy_jax.benchmark --table bench_*.json      # docs/results.md's markdown table from saved JSON
 
 Each phase is logged as it starts and when it ends, with its duration (every compilation included). Reports:
 the train step's images/s on batches already on the device (`steps_per_dispatch` steps per call, as training

@@ -2,7 +2,7 @@
 
   python -m anatomy_jax.benchmark --config=configs/proposed.py [--config.FIELD=...] [--output=bench.json]
       [--steps=20] [--repeats=5] [--torch=eager,compile]
-  python -m anatomy_jax.benchmark --table bench_*.json      # the README's markdown table from saved JSON
+  python -m anatomy_jax.benchmark --table bench_*.json      # docs/results.md's markdown table from saved JSON
 
 See anatomy_jax/benchmark/__init__.py for what each figure means. Speed is reported, never asserted.
 """

@@ -146,7 +146,7 @@ def summary_line(r: dict) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-  """One row per benchmark JSON: the figures the README reports."""
+  """One row per benchmark JSON: the figures docs/results.md reports."""
   rows = ['| model | device | dtype | batch | k | step img/s | end-to-end img/s (% of step) | eval img/s | '
           'PyTorch eager / compiled img/s | ratio | compile s | GFLOP/img | MFU |', '|' + '---|' * 13]
   for r in records:
