@@ -426,7 +426,7 @@ def test_finding_23_early_stopping_stops_after_the_stale_epochs(tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path / 'wd'), dataset)
   spe = 40 // config.batch_size
   assert results['steps_trained'] == 3 * spe and results['best_step'] == spe
-  assert [r['epoch'] for r in records.read_records(tmp_path / 'wd' / 'metrics.jsonl')] == [1, 2, 3]
+  assert [r['epoch'] for r in records.read(tmp_path / 'wd' / 'metrics.jsonl')] == [1, 2, 3]
 
 
 def test_finding_23_tta_views_are_the_centre_and_corner_crops_mirrored():
