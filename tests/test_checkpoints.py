@@ -127,6 +127,14 @@ def array_files(checkpoint: Path) -> list[Path]:
   return [f for f in (checkpoint / 'state').rglob('*') if f.is_file() and '/d/' in str(f)]
 
 
+def damage(checkpoint: Path) -> None:
+  """Cut every large array file to a few bytes (which one holds the parameters, and where in it, varies between
+  saves: cut in half, a file whose first half held them would still read)."""
+  for f in array_files(checkpoint):
+    if f.stat().st_size > 100_000:
+      f.write_bytes(f.read_bytes()[:16])
+
+
 def largest_array_file(checkpoint: Path) -> Path:
   return max(array_files(checkpoint), key=lambda f: f.stat().st_size)
 
@@ -167,12 +175,7 @@ def test_values_that_read_back_but_differ_are_caught_by_the_checksums(base, tmp_
 def test_damaged_best_checkpoint_falls_back_to_its_copy_in_latest(base, tmp_path):
   workdir = copy_run(base, tmp_path)
   best = next((workdir / 'checkpoints' / 'best').glob('[0-9]*'))
-  # evaluate reads the parameters only, and which of the large array files holds them (rather than the
-  # optimizer state), and where in the file, varies from save to save: cut every large one to a few bytes (cut
-  # in half, a file whose first half held the parameters still read, and the test failed now and then).
-  for target in array_files(best):
-    if target.stat().st_size > 100_000:
-      target.write_bytes(target.read_bytes()[:16])
+  damage(best)  # evaluate reads the parameters only: every large array file must be unreadable.
   out = run_program('anatomy_jax.evaluate', f'--workdir={workdir}')
   assert out.returncode == 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
   assert f'Using its copy {workdir}/checkpoints/latest/{best.name}' in out.stderr

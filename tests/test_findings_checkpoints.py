@@ -5,8 +5,6 @@ move another run's files (9, 11), long suspensions during a save (12), experimen
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,39 +12,10 @@ import pytest
 from anatomy_jax.core.errors import UserError
 from anatomy_jax.evaluation import inference
 from anatomy_jax.training import checkpoints, train
-from conftest import REPO, make_image_folder
+from conftest import run_program
 from test_train import lenet_config, synthetic_dataset
-
-
-@pytest.fixture(scope='module')
-def base(tmp_path_factory):
-  """A finished one-epoch LeNet run (5 steps, checkpoints at steps 2, 4 and 5; best 5) to copy from."""
-  root = tmp_path_factory.mktemp('findings')
-  images = make_image_folder(root / 'images', per_class=20)
-  args = ['--config=configs/lenet.py:tiny', '--config.dataset=folder', f'--config.manual_dir={images}',
-          f'--config.data_dir={root / "tfds"}', '--config.folder.image_size=32', '--config.plots=False',
-          '--config.checkpoint_every_steps=2']
-  out = main(*args, f'--workdir={root / "run"}', '--config.num_epochs=1')
-  assert out.returncode == 0, out.stderr[-2000:]
-  return {'root': root, 'args': args, 'run': root / 'run'}
-
-
-def main(*args, module='anatomy_jax.main'):
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def copy_run(base, tmp_path) -> Path:
-  workdir = tmp_path / 'run'
-  shutil.copytree(base['run'], workdir)
-  return workdir
-
-
-def damage(checkpoint: Path) -> None:
-  """Cut every large array file to a few bytes (which one holds the parameters, and where in it, varies between
-  saves: cut in half, a file whose first half held them would still read)."""
-  for f in (checkpoint / 'state').rglob('*'):
-    if f.is_file() and '/d/' in str(f) and f.stat().st_size > 100_000:
-      f.write_bytes(f.read_bytes()[:16])
+# The finished one-epoch LeNet run to copy from, how to copy it and how to run a program: test_checkpoints'.
+from test_checkpoints import base, copy_run, damage, main  # noqa: E402,F401  (base is a fixture)
 
 
 def set_best_val_accuracy(checkpoint: Path, value: float) -> None:
@@ -176,7 +145,7 @@ def test_finding_10_best_with_no_good_copy_never_strands_the_run(base, tmp_path)
 def test_finding_09_evaluate_on_damaged_best_moves_nothing_and_training_still_finishes(base, tmp_path):
   workdir = copy_run(base, tmp_path)
   damage(workdir / 'checkpoints' / 'best' / '5')
-  out = main(f'--workdir={workdir}', module='anatomy_jax.evaluate')
+  out = run_program('anatomy_jax.evaluate', f'--workdir={workdir}')
   assert out.returncode == 0, out.stderr[-3000:]
   assert f'Using its copy {workdir}/checkpoints/latest/5' in out.stderr
   assert steps_in(workdir / 'checkpoints' / 'best') == [5] and not (workdir / 'checkpoints' / 'corrupt').exists()
