@@ -73,6 +73,7 @@ EXPECTED_PARAMS = {
     'googlenet': googlenet_params,
     'proposed': proposed_params,
     'resnet': resnet_params,
+    'resnet64': resnet_params,  # The same layers at 64x64 (a global average before the classifier).
 }
 
 
@@ -107,7 +108,7 @@ def test_parameter_count(name, channels, classes):
 
 
 @pytest.mark.parametrize('name,size', [('lenet', 28), ('alexnet', 227), ('googlenet', 224), ('proposed', 227),
-                                       ('resnet', 128)])
+                                       ('resnet', 128), ('resnet64', 64)])
 @pytest.mark.parametrize('channels', [1, 3])
 def test_output_shapes(name, size, channels):
   model = get_model(name, num_classes=6)
@@ -124,6 +125,8 @@ def test_resnet_totals_and_shapes():
   assert resnet_params(1, 5) == 1_226_336 + 256 * 5 + 5
   shapes = {name: shape for name, shape, _ in layer_table(get_model('resnet', num_classes=5))}
   assert [shapes[f'stage{i}_0'][1:] for i in range(1, 5)] == [(32, 32, 32), (16, 16, 64), (8, 8, 128), (4, 4, 256)]
+  shapes = {name: shape for name, shape, _ in layer_table(get_model('resnet64', num_classes=5))}
+  assert [shapes[f'stage{i}_0'][1:] for i in range(1, 5)] == [(16, 16, 32), (8, 8, 64), (4, 4, 128), (2, 2, 256)]
 
 
 def test_layer_shapes_follow_caffe_ceil_pooling():

@@ -101,10 +101,11 @@ def _layers(num_classes: int, channels: int):
         nn.Conv2d(channels, 32, 5, 2, 2, bias=False), nn.GroupNorm(8, 32), relu(), nn.MaxPool2d(3, 2, 1),
         Block(32, 32, 1), Block(32, 64, 2), Block(64, 128, 2), Block(128, 256, 2), nn.AdaptiveAvgPool2d(1),
         nn.Flatten(), nn.Dropout(0.2), nn.Linear(256, num_classes))
-  return {'lenet': lenet, 'alexnet': alexnet, 'googlenet': GoogLeNet, 'proposed': proposed, 'resnet': resnet}
+  return {'lenet': lenet, 'alexnet': alexnet, 'googlenet': GoogLeNet, 'proposed': proposed, 'resnet': resnet,
+          'resnet64': resnet}  # The same layers: the network ends in a global average.
 
 
-PEERS = ('lenet', 'alexnet', 'googlenet', 'proposed', 'resnet')  # The names `_layers` builds.
+PEERS = ('lenet', 'alexnet', 'googlenet', 'proposed', 'resnet', 'resnet64')  # The names `_layers` builds.
 
 
 def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats: int = 5,

@@ -92,3 +92,10 @@ class ResNet(Network):
     x = layers.Dropout(self.dropout, name='dropout')(x, train=train, example_keys=example_keys)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='classifier')(x)
     return {'logits': layers.logits_f32(logits)}
+
+
+@register('resnet64')
+class ResNet64(ResNet):
+  """The same ResNet for 64x64 input (MedNIST's size): a quarter of the compute, and a MedNIST run to start from
+  at the collection's own resolution. Parameters are those of `resnet` (the network ends in a global average)."""
+  input_size = 64
