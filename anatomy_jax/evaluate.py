@@ -10,9 +10,14 @@ With --folder, PATH is read as a folder dataset (class folder names must be amon
 outputs are named eval_<folder>_<split>.
 
 When the dataset knows each image's case (a folder built with group_by, group_csv or group_regex), the report
-also gives the accuracy per case: each case's answer is the class most of its images get. With --tta, the
-report also holds (under `tta`) the figures for probabilities averaged over the centre and corner crops and
-their mirror images, beside the plain ones.
+also gives the accuracy per case (each case's answer is the class most of its images get) and the case-pooled
+accuracy (`case_pooled`: every image given its case's mean class probabilities, one answer per case).
+
+An ensemble: --workdir=DIR1,DIR2,... (runs with the same classes and stored images, e.g. trained with other
+--config.seed values) answers with their class probabilities averaged; name --output_dir for its reports.
+
+With --tta, the report also holds (under `tta`) the figures for probabilities averaged over the centre and
+corner crops and their mirror images, beside the plain ones.
 """
 
 from absl import flags
@@ -21,7 +26,7 @@ from anatomy_jax.core import cli
 from anatomy_jax.evaluation import report
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'The training run\'s --workdir.')
+flags.DEFINE_string('workdir', None, 'The training run\'s --workdir; several, comma-separated: an ensemble.')
 flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test', 'all'], 'Which split to evaluate.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Best-by-validation or latest checkpoint.')
 flags.DEFINE_string('folder', '', 'Evaluate on this folder of class folders instead of the run\'s dataset.')

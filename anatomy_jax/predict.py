@@ -28,7 +28,8 @@ from anatomy_jax.evaluation import classify, inference
 
 FLAGS = flags.FLAGS
 SOME_SKIPPED = 3
-flags.DEFINE_string('workdir', None, 'The training run\'s --workdir.')
+flags.DEFINE_string('workdir', None, 'The training run\'s --workdir; several, comma-separated: an ensemble '
+                    '(probabilities averaged).')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Best-by-validation or latest checkpoint.')
 flags.DEFINE_string('output', '', 'CSV to write (default: WORKDIR/predictions.csv).')
 flags.DEFINE_bool('tta', False, 'Average the probabilities over crops and mirror images (test-time augmentation).')
@@ -41,9 +42,9 @@ flags.register_validator('low_confidence', lambda v: math.isfinite(v) and 0 <= v
 def main(paths: list[str]):
   if not paths:
     raise UserError('Name the image files or folders to classify (see --help).')
-  output = Path(FLAGS.output) if FLAGS.output else Path(FLAGS.workdir) / 'predictions.csv'
+  output = Path(FLAGS.output) if FLAGS.output else inference.split_workdirs(FLAGS.workdir)[0] / 'predictions.csv'
   classify.check_output(output)
-  run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
+  run = inference.load_runs(FLAGS.workdir, FLAGS.checkpoint)
   rows, skipped = classify.predict_files(run, classify.expand(paths), FLAGS.low_confidence, tta=FLAGS.tta)
   width = max([len(r['file']) for r in rows] + [4])
   for r in rows:

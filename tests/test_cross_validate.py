@@ -13,6 +13,8 @@ from anatomy_jax import data as datasets
 from anatomy_jax.core import config as settings
 from anatomy_jax.core.errors import UserError
 from anatomy_jax.data import splits
+from anatomy_jax.evaluation import inference, scores
+from anatomy_jax.evaluation import report as report_lib
 from anatomy_jax.experiments import cross_validate
 from anatomy_jax.training import train
 from conftest import REPO, pattern
@@ -155,3 +157,39 @@ def test_cross_validation_table_resume_and_refusal(tmp_path, monkeypatch):
   assert '| mean ± std |' in done.stdout and 'Starting lenet' not in done.stderr
   refused = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert refused.returncode == 1 and 'other settings (overrides differ' in refused.stderr
+
+
+def test_pool_by_case_gives_every_image_its_cases_mean():
+  probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]], np.float32)
+  groups = np.array(['b', 'a', 'b', 'c'])
+  pooled = scores.pool_by_case(probs, groups)
+  np.testing.assert_allclose(pooled, [[0.6, 0.4], [0.2, 0.8], [0.6, 0.4], [0.6, 0.4]], rtol=1e-6)
+
+
+def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path):
+  root = make_case_folder(tmp_path / 'cases', cases_per_class=4)
+  out = tmp_path / 'cv'
+  overrides = [f'data_dir={tmp_path / "tfds"}', 'folder.image_size=28', GROUPS, 'num_epochs=1', 'plots=False']
+  cv = cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=2, tta=True)
+  assert cv['complete'] and cv['setup']['members'] == 2 and cv['setup']['tta']
+  for row in cv['folds']:
+    fold = out / f'fold_{row["fold"]}'
+    dirs = [fold / 'member_0', fold / 'member_1']
+    assert [json.loads((d / 'requested_config.json').read_text())['seed'] for d in dirs] == [0, 1]
+    report = json.loads((fold / 'eval_test.json').read_text())
+    assert report['ensemble'] == [str(d) for d in dirs]
+    # The row's figures are the members' test-time-augmented probabilities averaged, computed here again.
+    runs = [inference.load_run(d) for d in dirs]
+    data, mapping = report_lib.dataset_for(runs[0])
+    test = data.splits['test']
+    probs = np.mean([r.predict_tta(test.images) for r in runs], axis=0)
+    labels = mapping[test.labels]
+    assert row['accuracy'] == pytest.approx(float((probs.argmax(-1) == labels).mean()))
+    pooled = scores.pool_by_case(probs, data.groups['test'])
+    assert row['case_pooled_accuracy'] == pytest.approx(float((pooled.argmax(-1) == labels).mean()))
+    assert row['train_seconds'] == pytest.approx(sum(json.loads((d / 'results.json').read_text())['train_seconds']
+                                                     for d in dirs))
+  md = (out / 'cv.md').read_text()
+  assert 'an ensemble of 2 runs' in md and 'test-time augmentation' in md
+  with pytest.raises(UserError, match='members'):
+    cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=3, tta=True)

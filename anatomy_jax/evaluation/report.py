@@ -5,7 +5,7 @@
 precision/recall/F1/AUC, macro-F1, macro one-vs-rest ROC AUC, confusion matrix; for networks with auxiliary
 heads, each head's accuracy too) and the confusion matrix as confusion_<split>.csv and .png. When the dataset
 knows each image's case, the report also gives the accuracy per case (majority vote); with `tta`, the figures
-for test-time augmentation under `tta`.
+for test-time augmentation under `tta`. Several workdirs evaluate as one ensemble (`inference.load_runs`).
 """
 
 import io
@@ -52,13 +52,25 @@ def evaluate(run: inference.Run, images: np.ndarray, labels: np.ndarray, groups:
       report[f'{head}_accuracy'] = float((logits.argmax(-1) == labels).mean())
   known = groups is not None and len(groups) and all(groups)
   if known:
-    report['per_case'] = scores.case_report(scores.softmax(outs['logits']), labels, groups)
+    add_case_figures(report, scores.softmax(outs['logits']), labels, groups, run.class_names)
   if tta:
     probs = run.predict_tta(images)
-    report['tta'] = scores.classification_report(np.log(np.maximum(probs, 1e-30)), labels, run.class_names)
+    report['tta'] = scores.classification_report(log(probs), labels, run.class_names)
     if known:
-      report['tta']['per_case'] = scores.case_report(probs, labels, groups)
+      add_case_figures(report['tta'], probs, labels, groups, run.class_names)
   return report
+
+
+def log(probs: np.ndarray) -> np.ndarray:
+  return np.log(np.maximum(probs, 1e-30))
+
+
+def add_case_figures(report: dict, probs: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                     class_names: list[str]) -> None:
+  """Per case (majority vote of its images) and case-pooled: each image given its case's mean probabilities."""
+  report['per_case'] = scores.case_report(probs, labels, groups)
+  pooled = scores.classification_report(log(scores.pool_by_case(probs, groups)), labels, class_names)
+  report['case_pooled'] = {k: pooled[k] for k in ('accuracy', 'accuracy_ci95', 'macro_f1', 'confusion_matrix')}
 
 
 def write_outputs(report: dict, class_names: list[str], out_dir: Path, name: str) -> dict[str, Path]:
@@ -76,11 +88,15 @@ def write_outputs(report: dict, class_names: list[str], out_dir: Path, name: str
   return paths
 
 
-def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir=None, manual_dir=None,
-                   output_dir='', tta: bool = False) -> dict:
-  out_dir = Path(output_dir or workdir)
+def run_evaluation(workdir: str | Path | list, split='test', checkpoint='best', folder='', data_dir=None,
+                   manual_dir=None, output_dir='', tta: bool = False) -> dict:
+  """Evaluate one run, or an ensemble (several workdirs: a list or comma-separated), and write the reports."""
+  workdirs = inference.split_workdirs(workdir)
+  if len(workdirs) > 1 and not output_dir:
+    raise UserError(f'Evaluating an ensemble of {len(workdirs)} runs: name where its reports go (--output_dir).')
+  out_dir = Path(output_dir or workdirs[0])
   files.check_writable(out_dir, 'output directory', '--output_dir')
-  run = inference.load_run(workdir, checkpoint)
+  run = inference.load_runs(workdirs, checkpoint)
   data, mapping = dataset_for(run, folder, data_dir, manual_dir)
   names = list(data.splits) if split == 'all' else [split]
   images = np.concatenate([data.splits[s].images for s in names])
@@ -89,10 +105,13 @@ def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir
   report = evaluate(run, images, labels, groups, tta)
   report.update({'split': split, 'checkpoint': checkpoint, 'step': run.step, 'model': run.config.model,
                  'dataset': folder or data.name})
+  if len(workdirs) > 1:
+    report['ensemble'] = [str(w) for w in workdirs]
   name = f'{Path(folder).name}_{split}' if folder else split
   paths = write_outputs(report, run.class_names, out_dir, name)
   lo, hi = report['accuracy_ci95']
-  print(f'{run.config.model} step {run.step} on {report["dataset"]}/{split} ({report["num_examples"]} images): '
+  who = f'{run.config.model} step {run.step}' if len(workdirs) == 1 else f'an ensemble of {len(workdirs)} runs'
+  print(f'{who} on {report["dataset"]}/{split} ({report["num_examples"]} images): '
         f'accuracy {100 * report["accuracy"]:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}), loss '
         f'{report["loss"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, macro AUC {report["macro_auc"]:.4f}'
         + (f' (macro averages over the {report["macro_over_classes"]} classes present; no image of '
@@ -105,8 +124,10 @@ def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir
       lo, hi = part['accuracy_ci95']
       print(f'  {name}accuracy {100 * part["accuracy"]:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f})')
     if part and 'per_case' in part:
-      c = part['per_case']
+      c, p = part['per_case'], part['case_pooled']
       print(f'  {name}per case ({c["num_cases"]} cases, majority vote): accuracy {100 * c["accuracy"]:.2f}% '
             f'(95% CI {100 * c["accuracy_ci95"][0]:.2f}-{100 * c["accuracy_ci95"][1]:.2f})')
+      print(f'  {name}case-pooled (each image given its case\'s mean probabilities): accuracy '
+            f'{100 * p["accuracy"]:.2f}% (95% CI {100 * p["accuracy_ci95"][0]:.2f}-{100 * p["accuracy_ci95"][1]:.2f})')
   print(f'Wrote {paths["json"]}, {paths["csv"]}, {paths["png"]}')
   return report

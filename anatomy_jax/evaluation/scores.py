@@ -90,6 +90,15 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
   }
 
 
+def pool_by_case(probs: np.ndarray, groups: np.ndarray) -> np.ndarray:
+  """Every image's class probabilities replaced by the mean over its case's images: one answer per case, given to
+  each of its images (the label belongs to the case, and its images are views of it)."""
+  _, index = np.unique(groups, return_inverse=True)
+  sums = np.zeros((index.max() + 1, probs.shape[-1]), np.float64)
+  np.add.at(sums, index, probs)
+  return (sums / np.bincount(index)[:, None])[index].astype(probs.dtype)
+
+
 def case_report(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict:
   """Accuracy per case (patient, study): each case's answer is the class most of its images are given (ties:
   the highest summed probability), its truth the class most of its images have. With a 95% Wilson interval

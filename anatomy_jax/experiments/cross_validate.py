@@ -1,17 +1,20 @@
 """K-fold cross-validation by case on a class-folder collection: the honest figure for a small one.
 
   python -m anatomy_jax.experiments.cross_validate --config=configs/own_images.py --folds=5 \\
-      --manual_dir=DIR --outdir=OUT [--override=FIELD=VALUE ...]
+      --manual_dir=DIR --outdir=OUT [--override=FIELD=VALUE ...] [--members=3] [--tta]
 
 The collection's cases (whichever grouping option the config or an override names: folder.group_regex,
 group_csv or group_by; without one, each image with its identical copies is a case) are dealt into K folds,
 stratified by class (`folder.num_folds`, `folder.fold`; anatomy_jax/data/splits.py). Fold k trains in
 OUT/fold_k with fold k as its test split and validation carved by case from the other folds, through the same
 training function as `main.py`; its best-by-validation checkpoint is then evaluated on fold k. Every image is
-tested exactly once, by the one model that never saw its case.
+tested exactly once, by the one model that never saw its case. With --members=M, fold k trains M runs
+(OUT/fold_k/member_m, config.seed + m) and is evaluated as their ensemble (probabilities averaged; reports in
+OUT/fold_k); with --tta, the figures are those of test-time augmentation.
 
 Writes OUT/cv.json, OUT/cv.md (per fold and mean +- std over folds: accuracy, macro-F1, per-case accuracy by
-majority vote of a case's images; the confusion matrix summed over folds) and OUT/confusion_cv.png, after every
+majority vote of a case's images; case-pooled accuracy, every image given its case's mean probabilities; the
+confusion matrix summed over folds) and OUT/confusion_cv.png, after every
 fold. A rerun resumes: finished folds are not retrained, an unfinished one continues from its checkpoint. OUT
 remembers the config, folds, folder and overrides it was made with and refuses others.
 """
@@ -34,7 +37,7 @@ FLAGS = flags.FLAGS
 SETUP_FILE = 'cv_setup.json'
 FIXED_FIELDS = ('dataset', 'manual_dir', 'folder.num_folds', 'folder.fold')  # Set by this program's flags.
 RUNNING_FIELDS = ('data_dir', 'compilation_cache_dir', 'log_every_steps', 'log_every_seconds', 'plots')
-FIGURES = ('accuracy', 'macro_f1', 'case_accuracy')  # Averaged over folds (fractions).
+FIGURES = ('accuracy', 'macro_f1', 'case_accuracy', 'case_pooled_accuracy')  # Averaged over folds (fractions).
 
 
 def define_flags():
@@ -44,6 +47,8 @@ def define_flags():
   flags.DEFINE_string('manual_dir', None, 'The image folder: DIR/<class>/<files>.')
   flags.DEFINE_string('outdir', None, 'Where the folds\' runs and the tables go (OUT/fold_k, OUT/cv.md).')
   flags.DEFINE_multi_string('override', [], 'FIELD=VALUE applied to every fold\'s config.')
+  flags.DEFINE_integer('members', 1, 'Runs per fold (seeds config.seed + 0..M-1), evaluated as one ensemble.')
+  flags.DEFINE_bool('tta', False, 'Report the figures of test-time augmentation.')
 
 
 def fold_config(spec: str, folds: int, fold: int, manual_dir: str, overrides: Sequence[str] = ()):
@@ -69,21 +74,38 @@ def check_setup(outdir: Path, setup: dict) -> None:
                     '--override values.')
 
 
-def evaluate_fold(workdir: Path, results: dict) -> dict:
-  """The best checkpoint's report on the fold's test split (eval_test.json: reused when it is that checkpoint's)."""
-  report = files.read_json(workdir / 'eval_test.json')
-  if report is None or report.get('checkpoint') != 'best' or report.get('step') != results['best_step']:
-    report = report_lib.run_evaluation(workdir, 'test')
+def member_dirs(outdir: Path, fold: int, members: int) -> list[Path]:
+  """Where fold `fold`'s runs train: OUT/fold_k for one, OUT/fold_k/member_m for several."""
+  if members == 1:
+    return [outdir / f'fold_{fold}']
+  return [outdir / f'fold_{fold}' / f'member_{m}' for m in range(members)]
+
+
+def evaluate_fold(workdirs: list[Path], results: list[dict], tta: bool = False) -> dict:
+  """The best checkpoints' report (their ensemble's, for several) on the fold's test split, in the fold's folder
+  (eval_test.json: reused when it is those checkpoints', with the same test-time augmentation)."""
+  out = workdirs[0] if len(workdirs) == 1 else workdirs[0].parent
+  steps = [r['best_step'] for r in results]
+  report = files.read_json(out / 'eval_test.json')
+  if (report is None or report.get('checkpoint') != 'best' or report.get('step') != (
+      steps[0] if len(steps) == 1 else steps) or ('tta' in report) != tta
+      or ('per_case' in report and 'case_pooled' not in report)):  # Written before case pooling was reported.
+    report = report_lib.run_evaluation(workdirs, 'test', output_dir=str(out), tta=tta)
   return report
 
 
-def fold_row(fold: int, results: dict, report: dict) -> dict:
-  case = report.get('per_case')
+def fold_row(fold: int, results: list[dict], report: dict, tta: bool = False) -> dict:
+  part = report['tta'] if tta else report
+  case, pooled = part.get('per_case'), part.get('case_pooled')
+  one = len(results) == 1
   return {'fold': fold, 'test_images': report['num_examples'], 'test_cases': case['num_cases'] if case else None,
-          'accuracy': report['accuracy'], 'macro_f1': report['macro_f1'],
-          'case_accuracy': case['accuracy'] if case else None, 'val_accuracy': results['val_accuracy'],
-          'best_epoch': results['best_epoch'], 'train_seconds': results['train_seconds'],
-          'train_images': results['split_sizes']['train'], 'val_images': results['split_sizes']['validation']}
+          'accuracy': part['accuracy'], 'macro_f1': part['macro_f1'],
+          'case_accuracy': case['accuracy'] if case else None,
+          'case_pooled_accuracy': pooled['accuracy'] if pooled else None,
+          'val_accuracy': float(np.mean([r['val_accuracy'] for r in results])),
+          'best_epoch': results[0]['best_epoch'] if one else [r['best_epoch'] for r in results],
+          'train_seconds': float(sum(r['train_seconds'] for r in results)),
+          'train_images': results[0]['split_sizes']['train'], 'val_images': results[0]['split_sizes']['validation']}
 
 
 def summarize(rows: list[dict], confusions: list[np.ndarray]) -> dict:
@@ -99,7 +121,9 @@ def summarize(rows: list[dict], confusions: list[np.ndarray]) -> dict:
   if all(r['test_cases'] for r in rows):
     correct = sum(round(r['case_accuracy'] * r['test_cases']) for r in rows)
     cases = sum(r['test_cases'] for r in rows)
-    out['pooled'].update(case_accuracy=correct / cases, test_cases=cases)
+    images = sum(round(r['case_pooled_accuracy'] * r['test_images']) for r in rows)
+    out['pooled'].update(case_accuracy=correct / cases, test_cases=cases,
+                         case_pooled_accuracy=images / out['pooled']['test_images'])
   out['confusion_matrix'] = cm.tolist()
   out['train_seconds_total'] = float(sum(r['train_seconds'] for r in rows))
   return out
@@ -119,25 +143,36 @@ def write_report(outdir: Path, setup: dict, rows: list[dict], summary: dict, cla
   lines = [f'# {setup["folds"]}-fold cross-validation by case' + ('' if complete else
                                                                    f' ({len(rows)} of {setup["folds"]} folds so far)'),
            '', '| fold | test images | test cases | accuracy (%) | macro-F1 | per-case accuracy (%) | '
-           'val accuracy (%) | best epoch | train time (s) |', '|---|---|---|---|---|---|---|---|---|']
+           'case-pooled accuracy (%) | val accuracy (%) | best epoch | train time (s) |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
+    epoch = '/'.join(map(str, r['best_epoch'])) if isinstance(r['best_epoch'], list) else r['best_epoch']
     lines.append(f'| {r["fold"]} | {r["test_images"]} | {r["test_cases"] or "—"} | {_pct(r["accuracy"])} | '
-                 f'{r["macro_f1"]:.4f} | {_pct(r["case_accuracy"])} | {_pct(r["val_accuracy"])} | '
-                 f'{r["best_epoch"]} | {r["train_seconds"]:.0f} |')
+                 f'{r["macro_f1"]:.4f} | {_pct(r["case_accuracy"])} | {_pct(r["case_pooled_accuracy"])} | '
+                 f'{_pct(r["val_accuracy"])} | {epoch} | {r["train_seconds"]:.0f} |')
   f1 = '—' if mean['macro_f1'] is None else f'{mean["macro_f1"]:.4f}' + (
       '' if std['macro_f1'] is None else f' ± {std["macro_f1"]:.4f}')
   lines.append(f'| mean ± std | | | {_pct(mean["accuracy"], std["accuracy"])} | {f1} | '
                f'{_pct(mean["case_accuracy"], std["case_accuracy"])} | '
+               f'{_pct(mean["case_pooled_accuracy"], std["case_pooled_accuracy"])} | '
                f'{_pct(mean["val_accuracy"], std["val_accuracy"])} | | {mean["train_seconds"]:.0f} |')
   lines.append(f'| pooled | {pooled["test_images"]} | {pooled.get("test_cases", "—")} | {_pct(pooled["accuracy"])} '
-               f'| | {_pct(pooled.get("case_accuracy"))} | | | {summary["train_seconds_total"]:.0f} |')
+               f'| | {_pct(pooled.get("case_accuracy"))} | {_pct(pooled.get("case_pooled_accuracy"))} | | | '
+               f'{summary["train_seconds_total"]:.0f} |')
   lines += ['', 'Confusion matrix summed over the folds (rows: true class, columns: predicted):', '',
             '| true \\ predicted | ' + ' | '.join(class_names) + ' |', '|---|' + '---|' * len(class_names)]
   for name, row in zip(class_names, summary['confusion_matrix']):
     lines.append(f'| {name} | ' + ' | '.join(str(v) for v in row) + ' |')
   dev = provenance.devices()
-  lines += ['', f'Std over folds with n - 1. Pooled: every test image (case) of every fold counted once. Config '
-            f'{setup["config"]}, folder {setup["manual_dir"]}, overrides: {", ".join(setup["overrides"]) or "none"}; '
+  members = setup.get('members', 1)
+  lines += ['', f'Std over folds with n - 1. Pooled: every test image (case) of every fold counted once. Per-case: '
+            'a case\'s answer is its images\' majority vote; case-pooled: every image is given its case\'s mean '
+            'class probabilities (accuracy over images). '
+            + (f'Each fold: an ensemble of {members} runs (seeds config.seed + 0..{members - 1}), probabilities '
+               'averaged; train time summed over them. ' if members > 1 else '')
+            + ('Figures with test-time augmentation. ' if setup.get('tta') else '')
+            + f'Config {setup["config"]}, folder {setup["manual_dir"]}, overrides: '
+            f'{", ".join(setup["overrides"]) or "none"}; '
             f'{dev["device_count"]} x {dev["device_kind"]} ({dev["backend"]}; {dev["cpu_count"]} cores), code '
             f'{provenance.git_commit()[:12]}.']
   files.write_text(outdir / 'cv.md', '\n'.join(lines) + '\n')
@@ -145,10 +180,13 @@ def write_report(outdir: Path, setup: dict, rows: list[dict], summary: dict, cla
                          title=f'{len(rows)} folds: pooled accuracy {100 * pooled["accuracy"]:.2f}%')
 
 
-def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: Sequence[str] = ()) -> dict:
-  """Train and test every fold (skipping finished ones), then write the tables; returns cv.json's content."""
+def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: Sequence[str] = (), members: int = 1,
+                        tta: bool = False) -> dict:
+  """Train and test every fold (skipping finished runs), then write the tables; returns cv.json's content."""
   if folds < 2:
     raise UserError(f'--folds={folds}: cross-validation needs at least 2 folds.')
+  if members < 1:
+    raise UserError(f'--members={members}: a fold needs at least one run.')
   if not manual_dir or not Path(manual_dir).expanduser().is_dir():
     raise UserError(f'--manual_dir={manual_dir}: not a folder; give the images as DIR/<class>/<files>.')
   manual_dir = str(Path(manual_dir).expanduser().absolute())
@@ -161,19 +199,24 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
   for where in RUNNING_FIELDS:  # How and where it runs, not what it computes: free to change between reruns.
     resolved.pop(where, None)
   setup = {'config': spec, 'folds': folds, 'manual_dir': manual_dir, 'overrides': list(overrides),
-           'resolved_config': resolved}
+           'members': members, 'tta': tta, 'resolved_config': resolved}
   outdir.mkdir(parents=True, exist_ok=True)
   check_setup(outdir, setup)
   rows, confusions, class_names = [], [], None
   for k, config in enumerate(configs):
-    workdir = outdir / f'fold_{k}'
-    logging.info('Cross-validation: fold %d of %d in %s', k + 1, folds, workdir)
-    results = runner.train_once(config, workdir)
-    report = evaluate_fold(workdir, results)
-    class_names = class_names or results['class_names']
-    if results['class_names'] != class_names:
-      raise UserError(f'{workdir} was trained on classes {results["class_names"]}, fold 0 on {class_names}.')
-    rows.append(fold_row(k, results, report))
+    workdirs = member_dirs(outdir, k, members)
+    results = []
+    for m, workdir in enumerate(workdirs):
+      logging.info('Cross-validation: fold %d of %d%s in %s', k + 1, folds,
+                   f', run {m + 1} of {members}' if members > 1 else '', workdir)
+      member = config.copy_and_resolve_references()
+      member.seed = config.seed + m
+      results.append(runner.train_once(member, workdir))
+      class_names = class_names or results[-1]['class_names']
+      if results[-1]['class_names'] != class_names:
+        raise UserError(f'{workdir} was trained on classes {results[-1]["class_names"]}, fold 0 on {class_names}.')
+    report = evaluate_fold(workdirs, results, tta)
+    rows.append(fold_row(k, results, report, tta))
     confusions.append(np.array(report['confusion_matrix']))
     write_report(outdir, {k_: v for k_, v in setup.items() if k_ != 'resolved_config'}, rows,
                  summarize(rows, confusions), class_names)  # After each fold: a cut run keeps what it finished.
@@ -181,7 +224,8 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
 
 
 def main():
-  run_cross_validation(FLAGS.config, FLAGS.folds, FLAGS.manual_dir, FLAGS.outdir, FLAGS.override)
+  run_cross_validation(FLAGS.config, FLAGS.folds, FLAGS.manual_dir, FLAGS.outdir, FLAGS.override, FLAGS.members,
+                       FLAGS.tta)
   print((Path(FLAGS.outdir) / 'cv.md').read_text())
 
 
