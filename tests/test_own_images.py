@@ -65,7 +65,7 @@ def test_own_images_config_learns_a_separable_signal(tmp_path):
   config = settings.load_config(f'{settings.CONFIGS / "own_images.py"}:tiny', [
       f'manual_dir={images}', f'data_dir={tmp_path / "tfds"}', 'num_epochs=8', 'warmup_epochs=1',
       'folder.test_fraction=0.3', 'plots=False'])
-  assert (config.model, config.optimizer, config.image_size, config.augment.zoom) == ('resnet', 'adamw', 128,
+  assert (config.model, config.optimizer, config.image_size, config.augment.zoom) == ('resnet64', 'adamw', 64,
                                                                                        (0.7, 1.3))
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['split_sizes']['test'] >= 15
