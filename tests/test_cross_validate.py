@@ -170,16 +170,18 @@ def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path):
   root = make_case_folder(tmp_path / 'cases', cases_per_class=4)
   out = tmp_path / 'cv'
   overrides = [f'data_dir={tmp_path / "tfds"}', 'folder.image_size=28', GROUPS, 'num_epochs=1', 'plots=False']
-  cv = cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=2, tta=True)
+  cv = cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=2, tta=True,
+                                          checkpoint='latest')
   assert cv['complete'] and cv['setup']['members'] == 2 and cv['setup']['tta']
   for row in cv['folds']:
     fold = out / f'fold_{row["fold"]}'
     dirs = [fold / 'member_0', fold / 'member_1']
     assert [json.loads((d / 'requested_config.json').read_text())['seed'] for d in dirs] == [0, 1]
     report = json.loads((fold / 'eval_test.json').read_text())
-    assert report['ensemble'] == [str(d) for d in dirs]
+    assert report['ensemble'] == [str(d) for d in dirs] and report['checkpoint'] == 'latest'
+    assert report['step'] == [json.loads((d / 'results.json').read_text())['steps_trained'] for d in dirs]
     # The row's figures are the members' test-time-augmented probabilities averaged, computed here again.
-    runs = [inference.load_run(d) for d in dirs]
+    runs = [inference.load_run(d, 'latest') for d in dirs]
     data, mapping = report_lib.dataset_for(runs[0])
     test = data.splits['test']
     probs = np.mean([r.predict_tta(test.images) for r in runs], axis=0)
@@ -190,6 +192,7 @@ def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path):
     assert row['train_seconds'] == pytest.approx(sum(json.loads((d / 'results.json').read_text())['train_seconds']
                                                      for d in dirs))
   md = (out / 'cv.md').read_text()
-  assert 'an ensemble of 2 runs' in md and 'test-time augmentation' in md
+  assert 'an ensemble of 2 runs' in md and 'test-time augmentation' in md and 'last checkpoint' in md
   with pytest.raises(UserError, match='members'):
-    cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=3, tta=True)
+    cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=3, tta=True,
+                                        checkpoint='latest')

@@ -1,7 +1,7 @@
 """K-fold cross-validation by case on a class-folder collection: the honest figure for a small one.
 
   python -m anatomy_jax.experiments.cross_validate --config=configs/own_images.py --folds=5 \\
-      --manual_dir=DIR --outdir=OUT [--override=FIELD=VALUE ...] [--members=3] [--tta]
+      --manual_dir=DIR --outdir=OUT [--override=FIELD=VALUE ...] [--members=3] [--tta] [--checkpoint=latest]
 
 The collection's cases (whichever grouping option the config or an override names: folder.group_regex,
 group_csv or group_by; without one, each image with its identical copies is a case) are dealt into K folds,
@@ -10,7 +10,8 @@ OUT/fold_k with fold k as its test split and validation carved by case from the 
 training function as `main.py`; its best-by-validation checkpoint is then evaluated on fold k. Every image is
 tested exactly once, by the one model that never saw its case. With --members=M, fold k trains M runs
 (OUT/fold_k/member_m, config.seed + m) and is evaluated as their ensemble (probabilities averaged; reports in
-OUT/fold_k); with --tta, the figures are those of test-time augmentation.
+OUT/fold_k); with --tta, the figures are those of test-time augmentation; with --checkpoint=latest, each run's
+last checkpoint is tested instead of its best by validation (a few dozen validation cases pick epochs by noise).
 
 Writes OUT/cv.json, OUT/cv.md (per fold and mean +- std over folds: accuracy, macro-F1, per-case accuracy by
 majority vote of a case's images; case-pooled accuracy, every image given its case's mean probabilities; the
@@ -49,6 +50,7 @@ def define_flags():
   flags.DEFINE_multi_string('override', [], 'FIELD=VALUE applied to every fold\'s config.')
   flags.DEFINE_integer('members', 1, 'Runs per fold (seeds config.seed + 0..M-1), evaluated as one ensemble.')
   flags.DEFINE_bool('tta', False, 'Report the figures of test-time augmentation.')
+  flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Test each run\'s best-by-validation or last checkpoint.')
 
 
 def fold_config(spec: str, folds: int, fold: int, manual_dir: str, overrides: Sequence[str] = ()):
@@ -81,16 +83,16 @@ def member_dirs(outdir: Path, fold: int, members: int) -> list[Path]:
   return [outdir / f'fold_{fold}' / f'member_{m}' for m in range(members)]
 
 
-def evaluate_fold(workdirs: list[Path], results: list[dict], tta: bool = False) -> dict:
-  """The best checkpoints' report (their ensemble's, for several) on the fold's test split, in the fold's folder
+def evaluate_fold(workdirs: list[Path], results: list[dict], tta: bool = False, checkpoint: str = 'best') -> dict:
+  """The checkpoints' report (their ensemble's, for several) on the fold's test split, in the fold's folder
   (eval_test.json: reused when it is those checkpoints', with the same test-time augmentation)."""
   out = workdirs[0] if len(workdirs) == 1 else workdirs[0].parent
-  steps = [r['best_step'] for r in results]
+  steps = [r['best_step'] if checkpoint == 'best' else r['steps_trained'] for r in results]
   report = files.read_json(out / 'eval_test.json')
-  if (report is None or report.get('checkpoint') != 'best' or report.get('step') != (
+  if (report is None or report.get('checkpoint') != checkpoint or report.get('step') != (
       steps[0] if len(steps) == 1 else steps) or ('tta' in report) != tta
       or ('per_case' in report and 'case_pooled' not in report)):  # Written before case pooling was reported.
-    report = report_lib.run_evaluation(workdirs, 'test', output_dir=str(out), tta=tta)
+    report = report_lib.run_evaluation(workdirs, 'test', checkpoint, output_dir=str(out), tta=tta)
   return report
 
 
@@ -171,6 +173,8 @@ def write_report(outdir: Path, setup: dict, rows: list[dict], summary: dict, cla
             + (f'Each fold: an ensemble of {members} runs (seeds config.seed + 0..{members - 1}), probabilities '
                'averaged; train time summed over them. ' if members > 1 else '')
             + ('Figures with test-time augmentation. ' if setup.get('tta') else '')
+            + ('Each run\'s last checkpoint tested (not its best by validation). '
+               if setup.get('checkpoint') == 'latest' else '')
             + f'Config {setup["config"]}, folder {setup["manual_dir"]}, overrides: '
             f'{", ".join(setup["overrides"]) or "none"}; '
             f'{dev["device_count"]} x {dev["device_kind"]} ({dev["backend"]}; {dev["cpu_count"]} cores), code '
@@ -181,7 +185,7 @@ def write_report(outdir: Path, setup: dict, rows: list[dict], summary: dict, cla
 
 
 def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: Sequence[str] = (), members: int = 1,
-                        tta: bool = False) -> dict:
+                        tta: bool = False, checkpoint: str = 'best') -> dict:
   """Train and test every fold (skipping finished runs), then write the tables; returns cv.json's content."""
   if folds < 2:
     raise UserError(f'--folds={folds}: cross-validation needs at least 2 folds.')
@@ -199,7 +203,7 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
   for where in RUNNING_FIELDS:  # How and where it runs, not what it computes: free to change between reruns.
     resolved.pop(where, None)
   setup = {'config': spec, 'folds': folds, 'manual_dir': manual_dir, 'overrides': list(overrides),
-           'members': members, 'tta': tta, 'resolved_config': resolved}
+           'members': members, 'tta': tta, 'checkpoint': checkpoint, 'resolved_config': resolved}
   outdir.mkdir(parents=True, exist_ok=True)
   check_setup(outdir, setup)
   rows, confusions, class_names = [], [], None
@@ -215,7 +219,7 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
       class_names = class_names or results[-1]['class_names']
       if results[-1]['class_names'] != class_names:
         raise UserError(f'{workdir} was trained on classes {results[-1]["class_names"]}, fold 0 on {class_names}.')
-    report = evaluate_fold(workdirs, results, tta)
+    report = evaluate_fold(workdirs, results, tta, checkpoint)
     rows.append(fold_row(k, results, report, tta))
     confusions.append(np.array(report['confusion_matrix']))
     write_report(outdir, {k_: v for k_, v in setup.items() if k_ != 'resolved_config'}, rows,
@@ -225,7 +229,7 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
 
 def main():
   run_cross_validation(FLAGS.config, FLAGS.folds, FLAGS.manual_dir, FLAGS.outdir, FLAGS.override, FLAGS.members,
-                       FLAGS.tta)
+                       FLAGS.tta, FLAGS.checkpoint)
   print((Path(FLAGS.outdir) / 'cv.md').read_text())
 
 
