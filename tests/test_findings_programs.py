@@ -16,6 +16,7 @@ import types
 import flax.linen as nn
 import numpy as np
 import pytest
+from PIL import Image
 
 from anatomy_jax import models
 from anatomy_jax.core import files
@@ -27,7 +28,7 @@ from anatomy_jax.evaluation import scores as metrics
 from anatomy_jax.training import history as records
 from anatomy_jax.training import train
 from anatomy_jax.experiments import visualize
-from conftest import REPO, make_image_folder, tiny_config
+from conftest import REPO, make_image_folder, pattern, tiny_config
 
 
 def run(module, *args, timeout=300):
@@ -60,6 +61,35 @@ def trained(tmp_path_factory):
   root = make_image_folder(tmp / 'images', per_class=16)
   results = train.train_and_evaluate(tiny_config('lenet', root, tmp / 'tfds'), str(tmp / 'wd'))
   return {'root': root, 'workdir': tmp / 'wd', 'results': results, 'tmp': tmp}
+
+
+# ------------------------------------------------------------------------------------------------ finding 5
+
+def test_finding_05_evaluate_folder_uses_every_image_even_of_a_folder_too_small_to_split(trained, tmp_path):
+  small = make_image_folder(tmp_path / 'small', per_class=2, classes=('disc', 'vertical'), seed=3)
+  report = evaluate.run_evaluation(trained['workdir'], folder=str(small), output_dir=tmp_path)
+  assert report['num_examples'] == 4 and report['split'] == 'all' and report['warnings'] == []
+  assert report['per_class']['disc']['support'] == 2 and report['per_class']['vertical']['support'] == 2
+  assert (tmp_path / 'eval_small_all.json').is_file()
+  # --split chooses a split of the run's own dataset: with --folder it is refused, not silently ignored.
+  out = run('anatomy_jax.evaluate', f'--workdir={trained["workdir"]}', f'--folder={small}', '--split=test')
+  assert '--split=test with --folder' in assert_one_line_error(out, 1)
+
+
+def test_finding_05_evaluate_on_the_runs_own_folder_notices_that_it_changed(trained, tmp_path):
+  root = trained['root']
+  report = evaluate.run_evaluation(trained['workdir'], folder=str(root), output_dir=tmp_path)
+  assert report['num_examples'] == 48  # Every image, training images included (and said so).
+  assert [w for w in report['warnings'] if 'own image folder' in w]
+  assert not [w for w in report['warnings'] if 'changed' in w]
+  added = root / 'disc' / 'added.png'
+  Image.fromarray(pattern(2, np.random.default_rng(99))).save(added)  # A new disc image.
+  try:
+    report = evaluate.run_evaluation(trained['workdir'], folder=str(root), output_dir=tmp_path)
+  finally:
+    added.unlink()
+  assert report['num_examples'] == 49
+  assert [w for w in report['warnings'] if 'has changed since training' in w], report['warnings']
 
 
 # ------------------------------------------------------------------------------------------------ finding 20
