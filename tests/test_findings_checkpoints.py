@@ -1,9 +1,11 @@
 """Issue 24's checkpoint findings, one test (or more) each, named after the finding: a run's settings are part of
-its identity (1), `init_from` into an existing run (4), `best` verified at resume (10), read-only tools never
+its identity (1), `init_from` into an existing run (4), step-based checkpoints with k steps per dispatch (8), `best` verified at resume (10), read-only tools never
 move another run's files (9, 11), long suspensions during a save (12), experiment reruns with other overrides (3).
 """
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -221,3 +223,17 @@ def test_finding_03_experiment_rerun_with_other_overrides_is_refused(tmp_path):
   (workdir / 'requested_config.json').unlink()
   with pytest.raises(UserError, match='num_epochs: 1 there, 3 now'):
     runner.train_once(lenet_config(num_epochs=3), workdir)
+
+
+# ----------------------------------------------------------------------------------------------- finding 8
+
+def test_finding_08_step_checkpoints_and_lines_come_after_the_dispatch_that_passes_each_multiple(tmp_path, caplog):
+  # 360 images at batch 8: one epoch of 45 steps, 8 steps per dispatch: dispatches end at 8, 16, 24, 32, 40, 45.
+  # Saves and lines every 10 steps come at 16, 24, 32 and 40 (the first dispatch end past 10, 20, 30, 40), not
+  # only where a dispatch ends on a multiple (40 alone), and never twice for one multiple.
+  config = lenet_config(num_epochs=1, steps_per_dispatch=8, checkpoint_every_steps=10, log_every_steps=10,
+                        log_every_seconds=1e6, checkpoint_every_minutes=0.0, keep_checkpoints=10, plots=False)
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset(n_train=360))
+  assert steps_in(tmp_path / 'wd' / 'checkpoints' / 'latest') == [16, 24, 32, 40, 45]  # 45: the epoch's end.
+  assert [int(s) for s in re.findall(r'epoch 1/1 step (\d+)/45 \|', caplog.text)] == [16, 24, 32, 40, 45]

@@ -1,6 +1,7 @@
 """The training progress line: `epoch 3/30 step 120/663 | loss 0.0123 acc 0.9967 | 1580.2 img/s | ETA 9m46s`.
 
-A line is due every `every_steps` steps, at the end of each epoch, and whenever `every_seconds` have passed
+A line is due every `every_steps` steps (after the dispatch that reaches or passes each multiple), at the end
+of each epoch, and whenever `every_seconds` have passed
 since the last one, so a slow network still reports within seconds of its first step. The rate counts only the
 steps after the first dispatch finished (compilation excluded) and leaves out validation and checkpointing;
 until a step has finished, no rate is shown. (When a line is printed, and what else is decided then, is the
@@ -9,6 +10,13 @@ training loop's business: `train.py`.)
 
 import time
 from typing import Callable
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+  """Whether a dispatch that trained steps before+1 .. after reached or passed a multiple of `every` (0: never).
+  With k steps per dispatch a multiple rarely ends one, so step-based decisions are taken at the end of the
+  dispatch that reaches or passes it; every process makes the same dispatches, so they all decide alike."""
+  return bool(every) and before // every < after // every
 
 
 def format_duration(seconds: float) -> str:
@@ -34,10 +42,12 @@ class ProgressLine:
     self.start = self.last = self.clock()
     self.start_step = step
 
-  def due(self, step: int, last_of_epoch: bool = False) -> bool:
+  def due(self, step: int, last_of_epoch: bool = False, previous: int | None = None) -> bool:
+    """Whether a line is due after the dispatch that ended at `step`, having started after step `previous`
+    (default: a dispatch of one step)."""
     if self.start is None:
       return False
-    if last_of_epoch or step % self.every_steps == 0:
+    if last_of_epoch or crossed(step - 1 if previous is None else previous, step, self.every_steps):
       return True
     return step > self.start_step and self.clock() - self.last >= self.every_seconds
 

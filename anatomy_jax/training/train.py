@@ -36,7 +36,7 @@ from anatomy_jax.data import cases, pipeline
 from anatomy_jax.data.preprocess import Preprocess, mean_image
 from anatomy_jax.models import summary
 from anatomy_jax.training import checkpoints, finetune, history, optim, parallel as parallel_lib, steps
-from anatomy_jax.training.progress import ProgressLine
+from anatomy_jax.training.progress import ProgressLine, crossed
 
 MAX_IN_FLIGHT = 2  # Calls queued ahead of the devices: enough to keep them busy, few enough to stay current.
 
@@ -85,9 +85,9 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
           epoch_started = clock = call_started = time.monotonic()
           last_good, end_step = pos.step, (epoch + 1) * spe
           order = pipeline.epoch_order(len(data.splits['train']), config.batch_size, config.seed, epoch)
-          sums = programs.sums(host_sums)
+          sums, before = programs.sums(host_sums), pos.step
           for end, state, sums in dispatches(programs, data, state, sums, epoch_plan(order, pos.step % spe, k)):
-            step = epoch * spe + end
+            step = epoch * spe + end  # This dispatch trained steps before+1 .. step.
             ckpt.fault_point('step')
             if not progress.started:  # The first call: wait for it (compilation included) and say how long.
               jax.block_until_ready(sums)
@@ -98,15 +98,15 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
               progress.begin(step)
             # Decide: a progress line, a mid-epoch checkpoint, a stop.
             end_of_epoch = step == end_step
-            line_due = progress.due(step, end_of_epoch)
-            by_steps = bool(config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+            line_due = progress.due(step, end_of_epoch, before)
+            by_steps = crossed(before, step, config.checkpoint_every_steps)
             by_time = bool(config.checkpoint_every_minutes
                            and time.monotonic() - last_save >= 60 * config.checkpoint_every_minutes)
             save_due, stop_due = not end_of_epoch and (by_steps or by_time), stop.requested
             if jax.process_count() > 1:
-              # Clocks and signals differ between processes, so they decide together, and only at steps that
-              # every process knows (a collective that one process skipped would wait forever).
-              if end_of_epoch or step % config.log_every_steps == 0:
+              # Clocks and signals differ between processes, so they decide together, and only after dispatches
+              # that every process knows (a collective that one process skipped would wait forever).
+              if end_of_epoch or crossed(before, step, config.log_every_steps):
                 line_due, save_due, stop_due = map(bool, parallel.agree([True, save_due, stop_due]))
               else:
                 line_due, save_due, stop_due = False, not end_of_epoch and by_steps, False
@@ -124,6 +124,7 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
               ckpt.wait()
               raise Interrupted(f'{stop.name or "A stop request"}: saved step {step} in {ckpt.root}/latest; rerun '
                                 'the same command to continue.', stop.exit_code if stop.signum else 130)
+            before = step
           if last_good != end_step:
             host_sums = checked(parallel, sums, last_good, end_step)
           pos = dataclasses.replace(pos, step=end_step, train_seconds=pos.train_seconds + time.monotonic() - clock)
