@@ -1,5 +1,5 @@
 """Issue 24's checkpoint findings, one test (or more) each, named after the finding: a run's settings are part of
-its identity (1), `init_from` into an existing run (4), step-based checkpoints with k steps per dispatch (8), `best` verified at resume (10), read-only tools never
+its identity (1), `init_from` into an existing run (4), step-based checkpoints with k steps per dispatch (8), reruns of finished runs and resume lines (29), `best` verified at resume (10), read-only tools never
 move another run's files (9, 11), long suspensions during a save (12), experiment reruns with other overrides (3).
 """
 
@@ -237,3 +237,35 @@ def test_finding_08_step_checkpoints_and_lines_come_after_the_dispatch_that_pass
     train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset(n_train=360))
   assert steps_in(tmp_path / 'wd' / 'checkpoints' / 'latest') == [16, 24, 32, 40, 45]  # 45: the epoch's end.
   assert [int(s) for s in re.findall(r'epoch 1/1 step (\d+)/45 \|', caplog.text)] == [16, 24, 32, 40, 45]
+
+
+# ----------------------------------------------------------------------------------------------- finding 29
+
+def test_finding_29_rerun_of_a_finished_run_says_so_and_redoes_nothing(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  results = (workdir / 'results.json').read_text()
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f'lenet in {workdir} is finished (step 5, epoch 1/1 step 5/5; best epoch 1' in out.stderr, out.stderr[-2000:]
+  assert f'its results are in {workdir}/results.json' in out.stderr
+  assert 'Resumed' not in out.stderr and 'Test accuracy' not in out.stderr  # Not tested again.
+  assert (workdir / 'results.json').read_text() == results
+
+
+def test_finding_29_resume_line_counts_epochs_as_the_progress_line_does(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  shutil.rmtree(workdir / 'checkpoints' / 'latest' / '5')  # Resume mid-epoch: after step 4 of 5.
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f'Resumed lenet from step 4 (epoch 1/1 step 4/5) in {workdir}.' in out.stderr, out.stderr[-2000:]
+  assert re.search(r'epoch 1/1 step 5/5 \|', out.stderr)  # The progress line's own count.
+
+
+def test_finding_29_an_error_that_lists_several_fields_is_one_line(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.learning_rate=0.02',
+             '--config.lr_gamma=0.5')
+  assert out.returncode == 1, out.stderr[-2000:]
+  lines = [l for l in out.stderr.strip().splitlines() if l.strip() and not re.match(r'[IWE]\d{4} ', l)]
+  assert len(lines) == 1 and lines[0].startswith(f'error: The run in {workdir} was trained'), out.stderr[-2000:]
+  assert 'learning_rate: checkpoint 0.01 vs now 0.02' in lines[0] and 'lr_gamma: checkpoint 0.1 vs now 0.5' in lines[0]

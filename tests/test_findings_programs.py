@@ -92,6 +92,17 @@ def test_finding_05_evaluate_on_the_runs_own_folder_notices_that_it_changed(trai
   assert [w for w in report['warnings'] if 'has changed since training' in w], report['warnings']
 
 
+# ------------------------------------------------------------------------------------------------ finding 29
+
+def test_finding_29_a_mistyped_workdir_leaves_nothing_behind(tmp_path):
+  typo = tmp_path / 'typo'
+  for module, extra in (('anatomy_jax.evaluate', []), ('anatomy_jax.evaluate', [f'--output_dir={tmp_path / "out"}']),
+                        ('anatomy_jax.predict', ['x.png'])):
+    line = assert_one_line_error(run(module, f'--workdir={typo}', *extra), 1)
+    assert f'No checkpoints in {typo}/checkpoints/best' in line
+  assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------------ finding 20
 
 def test_finding_20_eval_json_is_valid_json_when_a_class_is_absent(tmp_path):

@@ -152,12 +152,12 @@ def run(main: Callable, doc: str, *, required: Sequence[str] = (), args: str | N
         refuse_arguments(argv[1:])
       return main() if args is None else main(argv[1:])
     except Interrupted as e:
-      _exit(str(e), e.exit_code)
+      _exit(one_line(e), e.exit_code)
     except KeyboardInterrupt:
       _exit('interrupted (Ctrl-C); nothing was saved after the last checkpoint.', 130)
     except (UserError, OSError) as e:
       logging.debug('Traceback:', exc_info=True)
-      _exit(f'error: {e}', 1)
+      _exit(one_line(f'error: {e}'), 1)
   app.run(wrapped, flags_parser=_parser(doc, required, args))
 
 
@@ -165,6 +165,12 @@ def refuse_arguments(args: Sequence[str]) -> None:
   """The one error for positional arguments a program does not take."""
   hint = ' Hyperparameters go in --config.FIELD=VALUE.' if 'config' in FLAGS else ''
   raise UserError(f'Unexpected arguments {list(args)}; see --help.{hint}')
+
+
+def one_line(message: str) -> str:
+  """`message` on one line (an error is promised as one line; a message listing several things may hold
+  newlines)."""
+  return ' '.join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def _exit(message: str, code: int) -> None:

@@ -19,6 +19,13 @@ def crossed(before: int, after: int, every: int) -> bool:
   return bool(every) and before // every < after // every
 
 
+def position(step: int, steps_per_epoch: int, num_epochs: int) -> str:
+  """Where the run stands after `step` steps, as every line of training says it: 'epoch 3/30 step 40/221'
+  (1-based: the epoch and the step within it of the last step done)."""
+  return (f'epoch {(step - 1) // steps_per_epoch + 1}/{num_epochs} '
+          f'step {(step - 1) % steps_per_epoch + 1}/{steps_per_epoch}')
+
+
 def format_duration(seconds: float) -> str:
   seconds = int(round(seconds))
   if seconds >= 3600:
@@ -65,8 +72,7 @@ class ProgressLine:
   def line(self, step: int, sums: dict) -> str:
     """The line for `step`, given the epoch's running metric sums (host floats)."""
     self.last = self.clock()
-    epoch, in_epoch = (step - 1) // self.steps_per_epoch, (step - 1) % self.steps_per_epoch + 1
-    text = (f'epoch {epoch + 1}/{self.num_epochs} step {in_epoch}/{self.steps_per_epoch} | '
+    text = (f'{position(step, self.steps_per_epoch, self.num_epochs)} | '
             f'loss {sums["loss"] / sums["count"]:.4f} acc {sums["correct"] / sums["count"]:.4f}')
     rate = self.rate(step)
     if rate:

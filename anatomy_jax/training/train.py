@@ -36,6 +36,7 @@ from anatomy_jax.data import cases, pipeline
 from anatomy_jax.data.preprocess import Preprocess, mean_image
 from anatomy_jax.models import summary
 from anatomy_jax.training import checkpoints, finetune, history, optim, parallel as parallel_lib, steps
+from anatomy_jax.training import progress as progress_lib
 from anatomy_jax.training.progress import ProgressLine, crossed
 
 MAX_IN_FLIGHT = 2  # Calls queued ahead of the devices: enough to keep them busy, few enough to stay current.
@@ -62,6 +63,16 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
     with checkpoints.Checkpointer(workdir, config.keep_checkpoints) as ckpt, signals.StopRequest() as stop:
       # 2. Restore the newest good checkpoint, or start.
       state, pos, host_sums = restore_or_init(config, ckpt, data, programs)
+      if pos.step:
+        done = finished_results(workdir, config, pos, spe)
+        if done is not None:  # A rerun of a finished run: say so, rather than test it again.
+          logging.info('%s in %s is finished (step %d, %s; best epoch %d, test accuracy %.4f): its results are in '
+                       '%s. Nothing was redone; raise --config.num_epochs to train it longer.', config.model,
+                       workdir, pos.step, progress_lib.position(pos.step, spe, config.num_epochs),
+                       done.get('best_epoch', 0), done.get('test_accuracy') or float('nan'), workdir / 'results.json')
+          return done
+        logging.info('Resumed %s from step %d (%s) in %s.', config.model, pos.step,
+                     progress_lib.position(pos.step, spe, config.num_epochs), workdir)
 
       def save(state, pos: Position, sums: dict | None = None, best: bool = False) -> None:
         """Checkpoint `state` at `pos`, with the epoch's running sums when it is cut mid-epoch."""
@@ -373,8 +384,6 @@ def restore_or_init(config, ckpt: checkpoints.Checkpointer, data: Data, programs
     logging.warning('Continuing from step %d with changed settings (accepted): %s.', meta['step'],
                     '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()))
     accepted += ({'step': int(meta['step']), 'changes': {k: [a, b] for k, (a, b) in changes.items()}},)
-  logging.info('Resumed %s from step %d (epoch %d) in %s.', config.model, meta['step'],
-               meta['step'] // data.steps_per_epoch, workdir)
   pos = Position(int(meta['step']), meta['best_val_accuracy'], meta['train_seconds'],
                  int(meta.get('best_step', meta['step'])), meta.get('origin'), accepted)
   if not ckpt.verify_best(checkpoint_target(programs, data), pos.best_step if pos.best_val_accuracy >= 0 else 0,
@@ -385,6 +394,20 @@ def restore_or_init(config, ckpt: checkpoints.Checkpointer, data: Data, programs
     pos = dataclasses.replace(pos, best_val_accuracy=-1.0, best_step=pos.step)
   sums = meta.get('sums') if pos.step % data.steps_per_epoch else None
   return programs.parallel.state_from_checkpoint(tree['state']), pos, sums
+
+
+def finished_results(workdir: Path, config, pos: Position, steps_per_epoch: int) -> dict | None:
+  """results.json of a run with nothing left to train (every epoch trained, or stopped early) when its final
+  test was of this checkpoint and this best, with these accepted setting changes (a best lost since, or a change
+  accepted now, is tested and recorded again); else None."""
+  stopped = bool(config.early_stopping_epochs) and pos.stale_epochs(steps_per_epoch) >= config.early_stopping_epochs
+  if pos.step < steps_per_epoch * config.num_epochs and not stopped:
+    return None
+  results = files.read_json(workdir / 'results.json')
+  if results and results.get('steps_trained') == pos.step and results.get('best_step') == pos.best_step and (
+      results.get('config_changes', []) == json.loads(json.dumps(list(pos.config_changes)))):
+    return results
+  return None
 
 
 def _same_origin(origin: dict | None, init_from: str) -> bool:
