@@ -1,10 +1,12 @@
 """Issue 24's checkpoint findings, one test (or more) each, named after the finding: a run's settings are part of
-its identity (1), `init_from` into an existing run (4), step-based checkpoints with k steps per dispatch (8), reruns of finished runs and resume lines (29), `best` verified at resume (10), read-only tools never
+its identity (1), `init_from` into an existing run (4), step-based checkpoints with k steps per dispatch (8), reruns of finished runs and resume lines (29), a full disk (16), `best` verified at resume (10), read-only tools never
 move another run's files (9, 11), long suspensions during a save (12), experiment reruns with other overrides (3).
 """
 
+import errno
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -269,3 +271,24 @@ def test_finding_29_an_error_that_lists_several_fields_is_one_line(base, tmp_pat
   lines = [l for l in out.stderr.strip().splitlines() if l.strip() and not re.match(r'[IWE]\d{4} ', l)]
   assert len(lines) == 1 and lines[0].startswith(f'error: The run in {workdir} was trained'), out.stderr[-2000:]
   assert 'learning_rate: checkpoint 0.01 vs now 0.02' in lines[0] and 'lr_gamma: checkpoint 0.1 vs now 0.5' in lines[0]
+
+
+# ----------------------------------------------------------------------------------------------- finding 16
+
+def test_finding_16_disk_full_during_training_is_one_line_naming_what(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+
+  def full(manager, step, *args, **kwargs):  # As TensorStore fails a write: wrapped, its cause the disk.
+    try:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f'{manager.directory}/{step}/state')
+    except OSError as e:
+      raise ValueError('Error writing local file: write failed') from e
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full)
+  config = lenet_config(num_epochs=1, checkpoint_every_steps=2, checkpoint_every_minutes=0.0, plots=False)
+  with pytest.raises(UserError) as raised:
+    train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset())
+  message = str(raised.value)
+  assert '\n' not in message and message.startswith(f'The disk is full: the run\'s files in {tmp_path / "wd"} could '
+                                                     f'not be written ({tmp_path / "wd"}/checkpoints/latest/2/state)')
+  assert 'rerun the same command' in message

@@ -11,7 +11,8 @@
   and their variants, then exits 0.
 - A bad flag, a missing config file, an unknown config field or variant: one line `error: ...`, exit status 2.
 - A `UserError` (bad input, data, config or environment) or an OSError (a disk full, a path unreadable): one
-  line `error: ...`, exit status 1. Anything else is a bug: its traceback is shown, exit status 1.
+  line `error: ...`, exit status 1; so is any error that a full disk caused (libraries wrap it: `files.disk_full`).
+  Anything else is a bug: its traceback is shown, exit status 1.
 - SIGINT/SIGTERM during training save a checkpoint first (`errors.Interrupted`): one line, exit 128 + signal.
   Ctrl-C elsewhere: one line, exit 130.
 - Logs: our own lines and the libraries' warnings; `--verbosity=1` (or -v 1) brings the libraries' INFO lines back.
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 from absl import app, flags, logging
 
 from anatomy_jax.core import config as config_lib
+from anatomy_jax.core import files
 from anatomy_jax.core.errors import Interrupted, UserError
 
 FLAGS = flags.FLAGS
@@ -157,7 +159,13 @@ def run(main: Callable, doc: str, *, required: Sequence[str] = (), args: str | N
       _exit('interrupted (Ctrl-C); nothing was saved after the last checkpoint.', 130)
     except (UserError, OSError) as e:
       logging.debug('Traceback:', exc_info=True)
-      _exit(one_line(f'error: {e}'), 1)
+      full = files.disk_full(e)
+      _exit(one_line(f'error: {files.disk_full_message(full) if full and not isinstance(e, UserError) else e}'), 1)
+    except Exception as e:
+      if not files.disk_full(e):  # A bug: its traceback.
+        raise
+      logging.debug('Traceback:', exc_info=True)  # A library's error about a full disk: one line.
+      _exit(one_line(f'error: {files.disk_full_message(files.disk_full(e))}'), 1)
   app.run(wrapped, flags_parser=_parser(doc, required, args))
 
 

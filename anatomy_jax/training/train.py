@@ -52,7 +52,9 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
     data_lib.check_outside(config.manual_dir, workdir, 'The workdir')
   files.check_writable(workdir)
   workdir = Path(workdir)
-  with checkpoints.WorkdirLock(workdir):
+  full_disk = files.disk_full_is_one_line(f'the run\'s files in {workdir}', 'Free space there (or use another '
+                                         '--workdir) and rerun the same command: it resumes from its last checkpoint.')
+  with checkpoints.WorkdirLock(workdir), full_disk:
     # 1. Build: the data, the network and its optimizer, the compiled programs.
     data, programs = build(config, dataset)
     parallel, spe = programs.parallel, data.steps_per_epoch
