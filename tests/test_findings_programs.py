@@ -103,6 +103,53 @@ def test_finding_29_a_mistyped_workdir_leaves_nothing_behind(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+# ------------------------------------------------------------------------------------------------ finding 26
+
+def test_finding_26_eta_includes_every_evaluation_still_to_come_and_evaluations_report():
+  from test_cli import FakeClock
+  from anatomy_jax.training.progress import ProgressLine
+  clock = FakeClock()
+  # 3 epochs of 100 steps of 10 images; 500 validation images after each epoch, then 200 test images.
+  p = ProgressLine(total_steps=300, steps_per_epoch=100, num_epochs=3, batch_size=10, every_steps=100,
+                   every_seconds=30, val_images=500, validations_left=3, test_images=200, clock=clock)
+  sums = {'loss': 5.0, 'correct': 8.0, 'count': 10.0}
+  p.begin(10)
+  clock.now += 90  # 90 steps in 90 s: 10 images/s.
+  # Left: 200 steps (200 s) and 3 x 500 + 200 images to evaluate, at the training rate until one was measured.
+  assert p.line(100, sums).endswith('| 10.0 img/s | ETA 6m10s')  # 200 + 170 s.
+  p.begin_evaluation('validation', 100)
+  clock.now += 20
+  assert p.evaluation_line(250, 500) is None  # Not due: 20 s since the last line.
+  clock.now += 30  # 400 images in 50 s: 8 images/s.
+  # 200 s of training, 100 images of this pass at 8/s, then 2 x 500 + 200 at the training rate.
+  assert p.evaluation_line(400, 500) == 'validation 400/500 images | 8.0 img/s | ETA 5m32s'  # 200 + 12.5 + 120
+  clock.now += 12.5
+  p.end_evaluation(500)  # 500 images in 62.5 s: evaluation runs at 8 images/s from now on.
+  p.exclude(62.5)
+  clock.now += 100
+  assert p.line(200, sums).endswith('| 10.0 img/s | ETA 4m10s')  # 100 s + (500 + 200) / 8 s.
+
+
+def test_finding_26_final_test_reuses_the_validation_of_the_epoch_just_validated(tmp_path, monkeypatch, caplog):
+  from test_train import lenet_config, synthetic_dataset
+  calls, evaluate_splits = [], train.evaluate
+
+  def counted(programs, data, params, split, *args, **kwargs):
+    calls.append(split)
+    return evaluate_splits(programs, data, params, split, *args, **kwargs)
+
+  monkeypatch.setattr(train, 'evaluate', counted)
+  # Evaluation batches of 2: 7 for validation, 6 for the test, more than are queued, so that lines come.
+  config = lenet_config(num_epochs=1, eval_batch_size=2, log_every_seconds=1e-6, checkpoint_every_minutes=0.0)
+  with caplog.at_level('INFO'):
+    results = train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset())
+  assert calls == ['validation', 'test']  # Before: validation twice.
+  record, = records.read(tmp_path / 'wd' / 'metrics.jsonl')
+  assert results['val_accuracy'] == record['val_accuracy'] and results['val_loss'] == record['val_loss']
+  assert re.search(r'validation \d+/13 images \| [\d.]+ img/s \| ETA', caplog.text), caplog.text[-2000:]
+  assert re.search(r'test \d+/11 images \| [\d.]+ img/s', caplog.text), caplog.text[-2000:]
+
+
 # ------------------------------------------------------------------------------------------------ finding 20
 
 def test_finding_20_eval_json_is_valid_json_when_a_class_is_absent(tmp_path):

@@ -76,10 +76,11 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
         logging.info('Resumed %s from step %d (%s) in %s.', config.model, pos.step,
                      progress_lib.position(pos.step, spe, config.num_epochs), workdir)
 
-      def save(state, pos: Position, sums: dict | None = None, best: bool = False) -> None:
-        """Checkpoint `state` at `pos`, with the epoch's running sums when it is cut mid-epoch."""
+      def save(state, pos: Position, sums: dict | None = None, best: bool = False, val: dict | None = None) -> None:
+        """Checkpoint `state` at `pos`, with the epoch's running sums when it is cut mid-epoch, and its validation
+        figures at an epoch's end (the final test reuses them)."""
         meta = {'step': pos.step, 'best_val_accuracy': pos.best_val_accuracy, 'train_seconds': pos.train_seconds,
-                'best_step': pos.best_step, 'origin': pos.origin, 'sums': sums,
+                'best_step': pos.best_step, 'origin': pos.origin, 'sums': sums, 'validation': val,
                 'fingerprint': fingerprint(config, data), 'config': json.loads(config.to_json_best_effort()),
                 'config_changes': list(pos.config_changes)}
         ckpt.save(pos.step, checkpoint_tree(programs, data, state), meta, best=best)
@@ -88,7 +89,9 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
       run_history = history.History(workdir, first_epoch=pos.step // spe, step=pos.step)
       progress = ProgressLine(total_steps=spe * config.num_epochs, steps_per_epoch=spe, num_epochs=config.num_epochs,
                               batch_size=config.batch_size, every_steps=config.log_every_steps,
-                              every_seconds=config.log_every_seconds)
+                              every_seconds=config.log_every_seconds, val_images=len(data.splits['validation']),
+                              validations_left=config.num_epochs - pos.step // spe,
+                              test_images=len(data.splits['test']))
       last_save, compiled_before = time.monotonic(), jax_cache.TALLY.snapshot()
       try:
         for epoch in range(pos.step // spe, config.num_epochs):
@@ -144,7 +147,8 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
 
           # The epoch's end: validation, the record, the checkpoint (the best one too).
           validation_started = time.monotonic()
-          train, val = steps.means(host_sums), evaluate(programs, data, parallel.params(state), 'validation')
+          train = steps.means(host_sums)
+          val = evaluate(programs, data, parallel.params(state), 'validation', progress, pos.step)
           pos = dataclasses.replace(pos, train_seconds=pos.train_seconds + time.monotonic() - validation_started)
           run_history.write(history.epoch_record(epoch + 1, pos.step, train, val, host_sums['learning_rate'],
                                                  time.monotonic() - epoch_started, progress.rate(pos.step)))
@@ -153,7 +157,7 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
           is_best = val['accuracy'] > pos.best_val_accuracy
           if is_best:
             pos = dataclasses.replace(pos, best_val_accuracy=val['accuracy'], best_step=pos.step)
-          save(state, pos, best=is_best)
+          save(state, pos, best=is_best, val=val)
           last_save = time.monotonic()
           progress.exclude(time.monotonic() - validation_started)
           host_sums = None
@@ -186,7 +190,9 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
       params = parallel.params(parallel.state_from_checkpoint(tree['state']))
       # Evaluated as the checkpoint was trained, even after accepted setting changes (preprocessing, mean, dtype).
       e_programs, e_data = as_trained(config, programs, data, meta, tree)
-      val, test = evaluate(e_programs, e_data, params, 'validation'), evaluate(e_programs, e_data, params, 'test')
+      # Its validation figures as its epoch measured them (the same parameters and program: no second pass).
+      val = meta.get('validation') or evaluate(e_programs, e_data, params, 'validation', progress, pos.step)
+      test = evaluate(e_programs, e_data, params, 'test', progress, pos.step)
       results = {
           'model': config.model, 'dataset': data.dataset.name, 'class_names': data.dataset.class_names,
           'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
@@ -482,13 +488,30 @@ def checked(parallel, sums, last_good: int, step: int) -> dict:
   return host
 
 
-def evaluate(programs: Programs, data: Data, params, split: str) -> dict:
-  """Loss and accuracies of `params` on a whole split: masked sums over padded batches, every example once."""
-  sums = None
-  for idx, mask in pipeline.eval_batches(len(data.splits[split]), data.eval_batch_size):
+def evaluate(programs: Programs, data: Data, params, split: str, progress: ProgressLine | None = None,
+             step: int = 0) -> dict:
+  """Loss and accuracies of `params` on a whole split: masked sums over padded batches, every example once.
+  With `progress` (training, after step `step`): a line every log_every_seconds while it runs (at most
+  MAX_IN_FLIGHT batches queued, so that the count is of finished ones), and its rate goes into the ETA."""
+  total, sums, queued, done = len(data.splits[split]), None, collections.deque(), 0
+  if progress:
+    progress.begin_evaluation(split, step)
+  for idx, mask in pipeline.eval_batches(total, data.eval_batch_size):
     m = programs.eval_step(params, programs.batch(data, split, idx, mask), data.arrays[split])
     sums = m if sums is None else _accumulate(sums, m)
-  return steps.means(programs.parallel.host_floats(sums))
+    if progress:
+      queued.append((sums, int(mask.sum())))
+      if len(queued) > MAX_IN_FLIGHT:
+        finished, n = queued.popleft()
+        jax.block_until_ready(finished)
+        done += n
+        line = progress.evaluation_line(done, total)
+        if line and jax.process_index() == 0:
+          logging.info('%s', line)
+  result = steps.means(programs.parallel.host_floats(sums))
+  if progress:
+    progress.end_evaluation(total)
+  return result
 
 
 _accumulate = jax.jit(steps.accumulate)
