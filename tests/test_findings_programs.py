@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import flax.linen as nn
@@ -148,6 +149,30 @@ def test_finding_26_final_test_reuses_the_validation_of_the_epoch_just_validated
   assert results['val_accuracy'] == record['val_accuracy'] and results['val_loss'] == record['val_loss']
   assert re.search(r'validation \d+/13 images \| [\d.]+ img/s \| ETA', caplog.text), caplog.text[-2000:]
   assert re.search(r'test \d+/11 images \| [\d.]+ img/s', caplog.text), caplog.text[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ finding 27
+
+def test_finding_27_throughput_is_one_figure_of_training_steps_alone(tmp_path, monkeypatch, caplog):
+  from test_train import lenet_config, synthetic_dataset
+  evaluate_splits = train.evaluate
+
+  def slow_validation(programs, data, params, split, *args, **kwargs):
+    if split == 'validation':
+      time.sleep(2.0)  # Validation longer than training: it must count in neither figure.
+    return evaluate_splits(programs, data, params, split, *args, **kwargs)
+
+  monkeypatch.setattr(train, 'evaluate', slow_validation)
+  config = lenet_config(num_epochs=2, log_every_steps=1000, checkpoint_every_minutes=0.0)
+  with caplog.at_level('INFO'):
+    results = train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset(n_train=200))
+  shown = [float(r) for r in re.findall(r'epoch \d/2 step 25/25 \| .* \| ([\d.]+) img/s', caplog.text)]
+  epochs = records.read(tmp_path / 'wd' / 'metrics.jsonl')
+  assert len(shown) == len(epochs) == 2
+  for line_rate, record in zip(shown, epochs):
+    assert record['train_images_per_s'] == pytest.approx(line_rate, abs=0.05)  # The figure the line showed.
+    assert record['train_seconds'] <= record['seconds'] - 2.0  # The epoch's wall time holds its validation.
+  assert results['train_seconds'] == pytest.approx(sum(r['train_seconds'] for r in epochs))
 
 
 # ------------------------------------------------------------------------------------------------ finding 20

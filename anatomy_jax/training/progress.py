@@ -6,8 +6,9 @@ of each epoch, and whenever `every_seconds` have passed since the last one, so a
 within seconds of its first step; evaluations (validation after each epoch, the final test) report every
 `every_seconds` too.
 
-The training rate counts only the steps after the first dispatch finished (compilation excluded) and leaves out
-validation and checkpointing; until a step has finished, no rate is shown. The ETA is the whole run's:
+The training rate (images/s, what metrics.jsonl's `train_images_per_s` and TensorBoard's `train/images_per_s`
+record) counts only the steps after the first dispatch finished (compilation excluded) and leaves out validation,
+testing and epoch-end checkpointing; until a step has finished, no rate is shown. The ETA is the whole run's:
 the training steps left at the training rate, plus every evaluation still to come (a validation per epoch left,
 the final test) at the evaluation rate measured so far (until an evaluation has finished: the training rate,
 an overestimate, as evaluation runs the network forward only). (When a line is printed, and what else is
@@ -49,7 +50,7 @@ class ProgressLine:
     self.total_steps, self.steps_per_epoch, self.num_epochs = total_steps, steps_per_epoch, num_epochs
     self.batch_size, self.every_steps, self.every_seconds, self.clock = batch_size, every_steps, every_seconds, clock
     self.val_images, self.validations_left, self.test_images = val_images, validations_left, test_images
-    self.start = self.start_step = self.last = None
+    self.start = self.start_step = self.last = self.shown = None
     self.evaluated_images = self.evaluated_seconds = 0.0  # Finished evaluations: their rate goes into the ETA.
     self.evaluation = None  # The one running: (split, started, training rate before it, steps left then).
 
@@ -81,6 +82,11 @@ class ProgressLine:
     elapsed = self.clock() - self.start
     done = step - self.start_step
     return done * self.batch_size / elapsed if done > 0 and elapsed > 0 else None
+
+  def rate_shown(self, step: int) -> float | None:
+    """The rate the line for `step` showed (else the rate now): what metrics.jsonl and TensorBoard record, so
+    that they agree with the line."""
+    return self.shown[1] if self.shown and self.shown[0] == step else self.rate(step)
 
   def eval_rate(self, training_rate: float | None) -> float | None:
     """Evaluation images/s measured so far; the training rate until an evaluation has finished."""
@@ -128,6 +134,7 @@ class ProgressLine:
     text = (f'{position(step, self.steps_per_epoch, self.num_epochs)} | '
             f'loss {sums["loss"] / sums["count"]:.4f} acc {sums["correct"] / sums["count"]:.4f}')
     rate = self.rate(step)
+    self.shown = step, rate
     if rate:
       text += f' | {rate:.1f} img/s | ETA {format_duration(self.eta(self.total_steps - step, rate))}'
     return text

@@ -99,7 +99,7 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
             logging.info('Validation accuracy has not improved for %d epochs: stopping early.', pos.stale_epochs(spe))
             break
           epoch_started = clock = call_started = time.monotonic()
-          last_good, end_step = pos.step, (epoch + 1) * spe
+          last_good, end_step, seconds_before = pos.step, (epoch + 1) * spe, pos.train_seconds
           order = pipeline.epoch_order(len(data.splits['train']), config.batch_size, config.seed, epoch)
           sums, before = programs.sums(host_sums), pos.step
           for end, state, sums in dispatches(programs, data, state, sums, epoch_plan(order, pos.step % spe, k)):
@@ -130,7 +130,7 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
               host_sums, last_good = checked(parallel, sums, last_good, step), step
             if line_due and jax.process_index() == 0:
               logging.info('%s', progress.line(step, host_sums))
-              run_history.progress(step, host_sums, progress.rate(step))
+              run_history.progress(step, host_sums, progress.rate_shown(step))
             if save_due or stop_due:
               now = time.monotonic()
               pos, clock = dataclasses.replace(pos, step=step, train_seconds=pos.train_seconds + now - clock), now
@@ -146,12 +146,12 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
           pos = dataclasses.replace(pos, step=end_step, train_seconds=pos.train_seconds + time.monotonic() - clock)
 
           # The epoch's end: validation, the record, the checkpoint (the best one too).
-          validation_started = time.monotonic()
+          validation_started, rate = time.monotonic(), progress.rate_shown(pos.step)  # The epoch's last line's.
           train = steps.means(host_sums)
           val = evaluate(programs, data, parallel.params(state), 'validation', progress, pos.step)
-          pos = dataclasses.replace(pos, train_seconds=pos.train_seconds + time.monotonic() - validation_started)
           run_history.write(history.epoch_record(epoch + 1, pos.step, train, val, host_sums['learning_rate'],
-                                                 time.monotonic() - epoch_started, progress.rate(pos.step)))
+                                                 time.monotonic() - epoch_started, rate,
+                                                 pos.train_seconds - seconds_before))
           logging.info('epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f', epoch + 1, train['loss'],
                        train['accuracy'], val['loss'], val['accuracy'])
           is_best = val['accuracy'] > pos.best_val_accuracy
