@@ -6,7 +6,8 @@
   3. train         epoch after epoch: its compiled calls (k steps each); after each call, in order, the progress
                    line, a mid-epoch checkpoint, a stop on SIGINT/SIGTERM; at the epoch's end, validation, the
                    record (metrics.jsonl, TensorBoard), the checkpoint (and `best`), early stopping
-  4. test          the best checkpoint on validation and test, into results.json
+  4. test          the best checkpoint on test (its validation figures from its epoch), into results.json; a rerun
+                   of a finished run says so and redoes nothing
 
 What the loop carries from one call to the next is explicit: the train state, the epoch's running metric sums
 (on the devices) and a `Position` (step, best validation accuracy, training seconds). The pure steps are in
@@ -67,11 +68,7 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
       state, pos, host_sums = restore_or_init(config, ckpt, data, programs)
       if pos.step:
         done = finished_results(workdir, config, pos, spe)
-        if done is not None:  # A rerun of a finished run: say so, rather than test it again.
-          logging.info('%s in %s is finished (step %d, %s; best epoch %d, test accuracy %.4f): its results are in '
-                       '%s. Nothing was redone; raise --config.num_epochs to train it longer.', config.model,
-                       workdir, pos.step, progress_lib.position(pos.step, spe, config.num_epochs),
-                       done.get('best_epoch', 0), done.get('test_accuracy') or float('nan'), workdir / 'results.json')
+        if done is not None:  # A rerun of a finished run: it said so, and nothing is tested again.
           return done
         logging.info('Resumed %s from step %d (%s) in %s.', config.model, pos.step,
                      progress_lib.position(pos.step, spe, config.num_epochs), workdir)
@@ -407,15 +404,20 @@ def restore_or_init(config, ckpt: checkpoints.Checkpointer, data: Data, programs
 def finished_results(workdir: Path, config, pos: Position, steps_per_epoch: int) -> dict | None:
   """results.json of a run with nothing left to train (every epoch trained, or stopped early) when its final
   test was of this checkpoint and this best, with these accepted setting changes (a best lost since, or a change
-  accepted now, is tested and recorded again); else None."""
+  accepted now, is tested and recorded again), after saying so; else None."""
   stopped = bool(config.early_stopping_epochs) and pos.stale_epochs(steps_per_epoch) >= config.early_stopping_epochs
   if pos.step < steps_per_epoch * config.num_epochs and not stopped:
     return None
   results = files.read_json(workdir / 'results.json')
-  if results and results.get('steps_trained') == pos.step and results.get('best_step') == pos.best_step and (
-      results.get('config_changes', []) == json.loads(json.dumps(list(pos.config_changes)))):
-    return results
-  return None
+  if not (results and results.get('steps_trained') == pos.step and results.get('best_step') == pos.best_step
+          and results.get('config_changes', []) == json.loads(json.dumps(list(pos.config_changes)))):
+    return None
+  accuracy = results.get('test_accuracy')
+  logging.info('%s in %s is finished (step %d, %s; best epoch %s, test accuracy %s): its results are in %s. '
+               'Nothing was redone; raise --config.num_epochs to train it longer.', config.model, workdir, pos.step,
+               progress_lib.position(pos.step, steps_per_epoch, config.num_epochs), results.get('best_epoch'),
+               'unknown' if accuracy is None else f'{accuracy:.4f}', workdir / 'results.json')
+  return results
 
 
 def _same_origin(origin: dict | None, init_from: str) -> bool:
