@@ -114,7 +114,7 @@ def _help_text(doc: str, args: str | None) -> str:
 
 
 def _usage_error(message: str) -> None:
-  print(f'error: {message}\nRun with --help for the flags and configs.', file=sys.stderr)
+  print(f'error: {one_line(message)} (run with --help for the flags and configs)', file=sys.stderr)  # One line.
   sys.exit(USAGE_ERROR)
 
 
