@@ -16,7 +16,7 @@ import pytest
 from anatomy_jax.core.errors import UserError
 from anatomy_jax.evaluation import inference
 from anatomy_jax.training import checkpoints, train
-from conftest import run_program
+from conftest import run_program, run_python
 from test_train import lenet_config, synthetic_dataset
 # The finished one-epoch LeNet run to copy from, how to copy it and how to run a program: test_checkpoints'.
 from test_checkpoints import base, copy_run, damage, main  # noqa: E402,F401  (base is a fixture)
@@ -292,3 +292,24 @@ def test_finding_16_disk_full_during_training_is_one_line_naming_what(tmp_path, 
   assert '\n' not in message and message.startswith(f'The disk is full: the run\'s files in {tmp_path / "wd"} could '
                                                      f'not be written ({tmp_path / "wd"}/checkpoints/latest/2/state)')
   assert 'rerun the same command' in message
+
+
+def test_finding_16_any_program_reports_a_full_disk_in_one_line(tmp_path):
+  from anatomy_jax.core import files
+  # Libraries pass a full disk on wrapped, or as text alone (TensorStore): both are recognised, nothing else is.
+  assert files.disk_full(RuntimeError('TensorStore: write failed: No space left on device [os error 28]'))
+  assert files.disk_full(ValueError('Disk quota exceeded'))
+  assert files.disk_full(RuntimeError('write failed')) is None
+  program = (
+      'import errno, os\n'
+      'from anatomy_jax.core import cli\n'
+      'def main():\n'
+      '  try:\n'
+      f'    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), {str(tmp_path / "out.bin")!r})\n'
+      '  except OSError as e:\n'
+      '    raise RuntimeError("array_record writer failed") from e\n'
+      'cli.run(main, "A program.")\n')
+  out = run_python('-c', program)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+      f'error: The disk is full: a file could not be written ({tmp_path / "out.bin"}). Free space there and rerun.']
