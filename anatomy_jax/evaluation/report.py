@@ -23,9 +23,10 @@ from anatomy_jax.data import folder as folder_lib
 from anatomy_jax.evaluation import inference, scores
 
 
-def dataset_for(run: inference.Run, folder: str = '', data_dir: str | None = None, manual_dir: str | None = None):
-  """The run's dataset, or a folder dataset stored like it, and how its labels map onto the run's classes."""
-  config = _config_for(run, folder, data_dir, manual_dir)
+def dataset_for(run: inference.Run, data_dir: str | None = None, manual_dir: str | None = None):
+  """The run's dataset (its splits) and how its labels map onto the run's classes (a folder of labelled images
+  is read whole by `folder_examples`)."""
+  config = _config_for(run, '', data_dir, manual_dir)
   data = data_lib.load_dataset(config)
   mapping = _class_mapping(run, data.class_names, config.manual_dir)
   if data.image_shape != run.image_shape:
@@ -144,7 +145,7 @@ def run_evaluation(workdir, split='test', checkpoint='best', folder='', data_dir
     split = 'all'
     images, labels, groups, warnings = folder_examples(run, folder, data_dir)
   else:
-    data, mapping = dataset_for(run, folder, data_dir, manual_dir)
+    data, mapping = dataset_for(run, data_dir, manual_dir)
     names = list(data.splits) if split == 'all' else [split]
     images = np.concatenate([data.splits[s].images for s in names])
     labels = mapping[np.concatenate([data.splits[s].labels for s in names])]
