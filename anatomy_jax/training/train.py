@@ -87,7 +87,7 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
       progress = ProgressLine(total_steps=spe * config.num_epochs, steps_per_epoch=spe, num_epochs=config.num_epochs,
                               batch_size=config.batch_size, every_steps=config.log_every_steps,
                               every_seconds=config.log_every_seconds, val_images=len(data.splits['validation']),
-                              validations_left=config.num_epochs - pos.step // spe,
+                              validations_left=max(0, config.num_epochs - pos.step // spe),
                               test_images=len(data.splits['test']))
       last_save, compiled_before = time.monotonic(), jax_cache.TALLY.snapshot()
       try:
