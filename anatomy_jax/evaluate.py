@@ -6,8 +6,10 @@
 Writes eval_<split>.json (accuracy with a 95% Wilson interval, loss, per-class precision/recall/F1/AUC,
 macro-F1, macro one-vs-rest ROC AUC, confusion matrix; for networks with auxiliary heads, each head's accuracy
 too) and the confusion matrix as confusion_<split>.csv and .png, into --output_dir (default: the workdir).
-With --folder, PATH is read as a folder dataset (class folder names must be among the run's classes) and the
-outputs are named eval_<folder>_<split>.
+With --folder, every readable image under PATH is evaluated (class folders, or train/val/test folders of them;
+class names must be among the run's classes; no split, so --split does not apply) and the outputs are named
+eval_<folder>_all. When PATH is the run's own image folder, the report warns that it holds the training images
+and, when the folder changed since training (its data fingerprint differs from the checkpoint's), says so.
 
 When the dataset knows each image's case (a folder built with group_by, group_csv or group_regex), the report
 also gives the accuracy per case (each case's answer is the class most of its images get) and the case-pooled
@@ -23,6 +25,7 @@ corner crops and their mirror images, beside the plain ones.
 from absl import flags
 
 from anatomy_jax.core import cli
+from anatomy_jax.core.errors import UserError
 from anatomy_jax.evaluation import report
 
 FLAGS = flags.FLAGS
@@ -37,6 +40,9 @@ flags.DEFINE_bool('tta', False, 'Also report test-time augmentation (crops and m
 
 
 def main():
+  if FLAGS.folder and FLAGS['split'].present and FLAGS.split != 'all':
+    raise UserError(f'--split={FLAGS.split} with --folder: --folder evaluates every image of the folder; --split '
+                    'chooses a split of the run\'s own dataset. Drop one of them.')
   report.run_evaluation(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.folder, FLAGS.data_dir,
                         FLAGS.manual_dir, FLAGS.output_dir, FLAGS.tta)
 

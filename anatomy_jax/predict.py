@@ -43,8 +43,8 @@ def main(paths: list[str]):
   if not paths:
     raise UserError('Name the image files or folders to classify (see --help).')
   output = Path(FLAGS.output) if FLAGS.output else inference.split_workdirs(FLAGS.workdir)[0] / 'predictions.csv'
+  run = inference.load_runs(FLAGS.workdir, FLAGS.checkpoint)  # First: a mistyped --workdir must create nothing.
   classify.check_output(output)
-  run = inference.load_runs(FLAGS.workdir, FLAGS.checkpoint)
   rows, skipped = classify.predict_files(run, classify.expand(paths), FLAGS.low_confidence, tta=FLAGS.tta)
   width = max([len(r['file']) for r in rows] + [4])
   for r in rows:

@@ -81,9 +81,13 @@ def get_config(variant_name: str = ''):
   c.steps_per_dispatch = 0  # Training steps per compiled call (same results); 0: 1 on CPUs, 8 on accelerators.
   c.compilation_cache_dir = ''  # JAX's persistent compilation cache: '' = ~/.cache/anatomy_jax/jax, 'off' = none.
   c.checkpoint_every_minutes = 10.0  # Also checkpoint this often inside an epoch (0: only at epoch ends).
-  c.checkpoint_every_steps = 0  # Also checkpoint every this many steps inside an epoch (0: never).
+  # Also checkpoint every this many steps inside an epoch (0: never); with steps_per_dispatch k > 1, at the end of
+  # the first dispatch that reaches or passes each multiple (k=8, 10: steps 16, 24, 32, 40, ...), on every process.
+  c.checkpoint_every_steps = 0
   c.keep_checkpoints = 3  # Latest checkpoints kept, at least 1 (the best-by-validation one is kept besides).
-  c.log_every_steps = 50  # Progress line (loss, images/s, ETA) every this many steps...
+  # Progress line (loss, images/s, ETA) every this many steps (with k > 1 steps per dispatch: after the dispatch
+  # that reaches or passes each multiple; several processes agree on decisions there and at epoch ends)...
+  c.log_every_steps = 50
   c.log_every_seconds = 30.0  # ...or after this many seconds, whichever comes first.
   c.plots = True  # Write training-curve PNGs at the end of the run.
   # Resuming with settings that change what is computed (learning rate, preprocessing, ...) is refused unless

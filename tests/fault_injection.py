@@ -71,12 +71,13 @@ def flip_bytes(workdir: Path, rng: random.Random) -> Path | None:
 
 def final_state(workdir: Path) -> dict:
   from anatomy_jax.evaluation import inference
+  from anatomy_jax.training import history
   import jax
   run_ = inference.load_run(workdir, 'latest')
   records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   results = json.loads((workdir / 'results.json').read_text())
   return {'params': jax.tree_util.tree_map(np.asarray, run_.params), 'step': run_.step,
-          'records': [{k: v for k, v in r.items() if k not in ('seconds', 'train_images_per_s')} for r in records],
+          'records': [{k: v for k, v in r.items() if k not in history.TIMINGS} for r in records],
           'results': {k: results[k] for k in ('test_accuracy', 'test_loss', 'val_accuracy', 'val_loss',
                                               'best_step', 'steps')}}
 

@@ -1,9 +1,13 @@
 """Issue 24's checkpoint findings, one test (or more) each, named after the finding: a run's settings are part of
-its identity (1), `init_from` into an existing run (4), `best` verified at resume (10), read-only tools never
+its identity (1), `init_from` into an existing run (4), step-based checkpoints with k steps per dispatch (8), reruns of finished runs and resume lines (29), a full disk (16), `best` verified at resume (10), read-only tools never
 move another run's files (9, 11), long suspensions during a save (12), experiment reruns with other overrides (3).
 """
 
+import errno
 import json
+import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 from anatomy_jax.core.errors import UserError
 from anatomy_jax.evaluation import inference
 from anatomy_jax.training import checkpoints, train
-from conftest import run_program
+from conftest import run_program, run_python
 from test_train import lenet_config, synthetic_dataset
 # The finished one-epoch LeNet run to copy from, how to copy it and how to run a program: test_checkpoints'.
 from test_checkpoints import base, copy_run, damage, main  # noqa: E402,F401  (base is a fixture)
@@ -221,3 +225,91 @@ def test_finding_03_experiment_rerun_with_other_overrides_is_refused(tmp_path):
   (workdir / 'requested_config.json').unlink()
   with pytest.raises(UserError, match='num_epochs: 1 there, 3 now'):
     runner.train_once(lenet_config(num_epochs=3), workdir)
+
+
+# ----------------------------------------------------------------------------------------------- finding 8
+
+def test_finding_08_step_checkpoints_and_lines_come_after_the_dispatch_that_passes_each_multiple(tmp_path, caplog):
+  # 360 images at batch 8: one epoch of 45 steps, 8 steps per dispatch: dispatches end at 8, 16, 24, 32, 40, 45.
+  # Saves and lines every 10 steps come at 16, 24, 32 and 40 (the first dispatch end past 10, 20, 30, 40), not
+  # only where a dispatch ends on a multiple (40 alone), and never twice for one multiple.
+  config = lenet_config(num_epochs=1, steps_per_dispatch=8, checkpoint_every_steps=10, log_every_steps=10,
+                        log_every_seconds=1e6, checkpoint_every_minutes=0.0, keep_checkpoints=10, plots=False)
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset(n_train=360))
+  assert steps_in(tmp_path / 'wd' / 'checkpoints' / 'latest') == [16, 24, 32, 40, 45]  # 45: the epoch's end.
+  assert [int(s) for s in re.findall(r'epoch 1/1 step (\d+)/45 \|', caplog.text)] == [16, 24, 32, 40, 45]
+
+
+# ----------------------------------------------------------------------------------------------- finding 29
+
+def test_finding_29_rerun_of_a_finished_run_says_so_and_redoes_nothing(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  results = (workdir / 'results.json').read_text()
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f'lenet in {workdir} is finished (step 5, epoch 1/1 step 5/5; best epoch 1' in out.stderr, out.stderr[-2000:]
+  assert f'its results are in {workdir}/results.json' in out.stderr
+  assert 'Resumed' not in out.stderr and 'Test accuracy' not in out.stderr  # Not tested again.
+  assert (workdir / 'results.json').read_text() == results
+
+
+def test_finding_29_resume_line_counts_epochs_as_the_progress_line_does(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  shutil.rmtree(workdir / 'checkpoints' / 'latest' / '5')  # Resume mid-epoch: after step 4 of 5.
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=1')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f'Resumed lenet from step 4 (epoch 1/1 step 4/5) in {workdir}.' in out.stderr, out.stderr[-2000:]
+  assert re.search(r'epoch 1/1 step 5/5 \|', out.stderr)  # The progress line's own count.
+
+
+def test_finding_29_an_error_that_lists_several_fields_is_one_line(base, tmp_path):
+  workdir = copy_run(base, tmp_path)
+  out = main(*base['args'], f'--workdir={workdir}', '--config.num_epochs=2', '--config.learning_rate=0.02',
+             '--config.lr_gamma=0.5')
+  assert out.returncode == 1, out.stderr[-2000:]
+  lines = [l for l in out.stderr.strip().splitlines() if l.strip() and not re.match(r'[IWE]\d{4} ', l)]
+  assert len(lines) == 1 and lines[0].startswith(f'error: The run in {workdir} was trained'), out.stderr[-2000:]
+  assert 'learning_rate: checkpoint 0.01 vs now 0.02' in lines[0] and 'lr_gamma: checkpoint 0.1 vs now 0.5' in lines[0]
+
+
+# ----------------------------------------------------------------------------------------------- finding 16
+
+def test_finding_16_disk_full_during_training_is_one_line_naming_what(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+
+  def full(manager, step, *args, **kwargs):  # As TensorStore fails a write: wrapped, its cause the disk.
+    try:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f'{manager.directory}/{step}/state')
+    except OSError as e:
+      raise ValueError('Error writing local file: write failed') from e
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full)
+  config = lenet_config(num_epochs=1, checkpoint_every_steps=2, checkpoint_every_minutes=0.0, plots=False)
+  with pytest.raises(UserError) as raised:
+    train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset())
+  message = str(raised.value)
+  assert '\n' not in message and message.startswith(f'The disk is full: the run\'s files in {tmp_path / "wd"} could '
+                                                     f'not be written ({tmp_path / "wd"}/checkpoints/latest/2/state)')
+  assert 'rerun the same command' in message
+
+
+def test_finding_16_any_program_reports_a_full_disk_in_one_line(tmp_path):
+  from anatomy_jax.core import files
+  # Libraries pass a full disk on wrapped, or as text alone (TensorStore): both are recognised, nothing else is.
+  assert files.disk_full(RuntimeError('TensorStore: write failed: No space left on device [os error 28]'))
+  assert files.disk_full(ValueError('Disk quota exceeded'))
+  assert files.disk_full(RuntimeError('write failed')) is None
+  program = (
+      'import errno, os\n'
+      'from anatomy_jax.core import cli\n'
+      'def main():\n'
+      '  try:\n'
+      f'    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), {str(tmp_path / "out.bin")!r})\n'
+      '  except OSError as e:\n'
+      '    raise RuntimeError("array_record writer failed") from e\n'
+      'cli.run(main, "A program.")\n')
+  out = run_python('-c', program)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+      f'error: The disk is full: a file could not be written ({tmp_path / "out.bin"}). Free space there and rerun.']

@@ -1,5 +1,6 @@
 """Issue 24's data-side findings, one test (or a few) per finding, named after it: each failed before its fix."""
 
+import errno
 import os
 import shutil
 import signal
@@ -397,3 +398,26 @@ def test_finding_28_macro_f1_says_which_classes_it_covers():
   logits = np.array([[2.0, 0, 0], [0, 2.0, 0], [0, 2.0, 0]])
   report = metrics.classification_report(logits, np.array([0, 1, 1]), ['CXR', 'Hand', 'HeadCT'])
   assert report['macro_over_classes'] == 2 and report['classes_without_examples'] == ['HeadCT']
+
+
+# ----------------------------------------------------------------------------------------------- finding 16
+
+def test_finding_16_disk_full_during_preparation_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+  root = make_image_folder(tmp_path / 'img', per_class=20)
+  config = folder_config(root, tmp_path / 'tfds')
+  shard = tmp_path / 'tfds' / 'folder' / 'shard'
+
+  def full(self, examples):
+    yield from ()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(shard))
+
+  monkeypatch.setattr(folder.Folder, '_generate_examples', full)
+  with pytest.raises(UserError) as raised:
+    datasets.load_dataset(config)
+  message = str(raised.value)
+  assert '\n' not in message and message.startswith(f'The disk is full: the prepared dataset in {tmp_path / "tfds"}')
+  assert f'could not be written ({shard})' in message and '--config.data_dir' in message
+  monkeypatch.undo()  # Room again: the rerun prepares it afresh.
+  builder = dataset_lib.get_builder(config)
+  assert not Path(builder.data_path).exists()
+  assert len(datasets.load_dataset(config).splits['train']) > 0

@@ -11,11 +11,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import flax.linen as nn
 import numpy as np
 import pytest
+from PIL import Image
 
 from anatomy_jax import models
 from anatomy_jax.core import files
@@ -27,7 +29,7 @@ from anatomy_jax.evaluation import scores as metrics
 from anatomy_jax.training import history as records
 from anatomy_jax.training import train
 from anatomy_jax.experiments import visualize
-from conftest import REPO, make_image_folder, tiny_config
+from conftest import REPO, make_image_folder, pattern, tiny_config
 
 
 def run(module, *args, timeout=300):
@@ -48,8 +50,7 @@ def assert_one_line_error(out, status):
   # The program's own log lines (absl's `I1202 07:00:00.0 ...`) may come first; then the error alone.
   lines = [l for l in out.stderr.strip().splitlines() if l.strip() and not re.match(r'[IW]\d{4} ', l)]
   assert lines and lines[0].startswith('error: '), out.stderr[-2000:]
-  # The usage hint is the only other line a bad command line gets.
-  assert lines[1:] in ([], ['Run with --help for the flags and configs.']), out.stderr[-2000:]
+  assert lines[1:] == [], out.stderr[-2000:]  # One line: a bad command line's usage hint is on it (finding 29).
   return lines[0]
 
 
@@ -60,6 +61,117 @@ def trained(tmp_path_factory):
   root = make_image_folder(tmp / 'images', per_class=16)
   results = train.train_and_evaluate(tiny_config('lenet', root, tmp / 'tfds'), str(tmp / 'wd'))
   return {'root': root, 'workdir': tmp / 'wd', 'results': results, 'tmp': tmp}
+
+
+# ------------------------------------------------------------------------------------------------ finding 5
+
+def test_finding_05_evaluate_folder_uses_every_image_even_of_a_folder_too_small_to_split(trained, tmp_path):
+  small = make_image_folder(tmp_path / 'small', per_class=2, classes=('disc', 'vertical'), seed=3)
+  report = evaluate.run_evaluation(trained['workdir'], folder=str(small), output_dir=tmp_path)
+  assert report['num_examples'] == 4 and report['split'] == 'all' and report['warnings'] == []
+  assert report['per_class']['disc']['support'] == 2 and report['per_class']['vertical']['support'] == 2
+  assert (tmp_path / 'eval_small_all.json').is_file()
+  # --split chooses a split of the run's own dataset: with --folder it is refused, not silently ignored.
+  out = run('anatomy_jax.evaluate', f'--workdir={trained["workdir"]}', f'--folder={small}', '--split=test')
+  assert '--split=test with --folder' in assert_one_line_error(out, 1)
+
+
+def test_finding_05_evaluate_on_the_runs_own_folder_notices_that_it_changed(trained, tmp_path):
+  root = trained['root']
+  report = evaluate.run_evaluation(trained['workdir'], folder=str(root), output_dir=tmp_path)
+  assert report['num_examples'] == 48  # Every image, training images included (and said so).
+  assert [w for w in report['warnings'] if 'own image folder' in w]
+  assert not [w for w in report['warnings'] if 'changed' in w]
+  added = root / 'disc' / 'added.png'
+  Image.fromarray(pattern(2, np.random.default_rng(99))).save(added)  # A new disc image.
+  try:
+    report = evaluate.run_evaluation(trained['workdir'], folder=str(root), output_dir=tmp_path)
+  finally:
+    added.unlink()
+  assert report['num_examples'] == 49
+  assert [w for w in report['warnings'] if 'has changed since training' in w], report['warnings']
+
+
+# ------------------------------------------------------------------------------------------------ finding 29
+
+def test_finding_29_a_mistyped_workdir_leaves_nothing_behind(tmp_path):
+  typo = tmp_path / 'typo'
+  for module, extra in (('anatomy_jax.evaluate', []), ('anatomy_jax.evaluate', [f'--output_dir={tmp_path / "out"}']),
+                        ('anatomy_jax.predict', ['x.png'])):
+    line = assert_one_line_error(run(module, f'--workdir={typo}', *extra), 1)
+    assert f'No checkpoints in {typo}/checkpoints/best' in line
+  assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ finding 26
+
+def test_finding_26_eta_includes_every_evaluation_still_to_come_and_evaluations_report():
+  from test_cli import FakeClock
+  from anatomy_jax.training.progress import ProgressLine
+  clock = FakeClock()
+  # 3 epochs of 100 steps of 10 images; 500 validation images after each epoch, then 200 test images.
+  p = ProgressLine(total_steps=300, steps_per_epoch=100, num_epochs=3, batch_size=10, every_steps=100,
+                   every_seconds=30, val_images=500, validations_left=3, test_images=200, clock=clock)
+  sums = {'loss': 5.0, 'correct': 8.0, 'count': 10.0}
+  p.begin(10)
+  clock.now += 90  # 90 steps in 90 s: 10 images/s.
+  # Left: 200 steps (200 s) and 3 x 500 + 200 images to evaluate, at the training rate until one was measured.
+  assert p.line(100, sums).endswith('| 10.0 img/s | ETA 6m10s')  # 200 + 170 s.
+  p.begin_evaluation('validation', 100)
+  clock.now += 20
+  assert p.evaluation_line(250, 500) is None  # Not due: 20 s since the last line.
+  clock.now += 30  # 400 images in 50 s: 8 images/s.
+  # 200 s of training, 100 images of this pass at 8/s, then 2 x 500 + 200 at the training rate.
+  assert p.evaluation_line(400, 500) == 'validation 400/500 images | 8.0 img/s | ETA 5m32s'  # 200 + 12.5 + 120
+  clock.now += 12.5
+  p.end_evaluation(500)  # 500 images in 62.5 s: evaluation runs at 8 images/s from now on.
+  p.exclude(62.5)
+  clock.now += 100
+  assert p.line(200, sums).endswith('| 10.0 img/s | ETA 4m10s')  # 100 s + (500 + 200) / 8 s.
+
+
+def test_finding_26_final_test_reuses_the_validation_of_the_epoch_just_validated(tmp_path, monkeypatch, caplog):
+  from test_train import lenet_config, synthetic_dataset
+  calls, evaluate_splits = [], train.evaluate
+
+  def counted(programs, data, params, split, *args, **kwargs):
+    calls.append(split)
+    return evaluate_splits(programs, data, params, split, *args, **kwargs)
+
+  monkeypatch.setattr(train, 'evaluate', counted)
+  # Evaluation batches of 2: 7 for validation, 6 for the test, more than are queued, so that lines come.
+  config = lenet_config(num_epochs=1, eval_batch_size=2, log_every_seconds=1e-6, checkpoint_every_minutes=0.0)
+  with caplog.at_level('INFO'):
+    results = train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset())
+  assert calls == ['validation', 'test']  # Before: validation twice.
+  record, = records.read(tmp_path / 'wd' / 'metrics.jsonl')
+  assert results['val_accuracy'] == record['val_accuracy'] and results['val_loss'] == record['val_loss']
+  assert re.search(r'validation \d+/13 images \| [\d.]+ img/s \| ETA', caplog.text), caplog.text[-2000:]
+  assert re.search(r'test \d+/11 images \| [\d.]+ img/s', caplog.text), caplog.text[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ finding 27
+
+def test_finding_27_throughput_is_one_figure_of_training_steps_alone(tmp_path, monkeypatch, caplog):
+  from test_train import lenet_config, synthetic_dataset
+  evaluate_splits = train.evaluate
+
+  def slow_validation(programs, data, params, split, *args, **kwargs):
+    if split == 'validation':
+      time.sleep(2.0)  # Validation longer than training: it must count in neither figure.
+    return evaluate_splits(programs, data, params, split, *args, **kwargs)
+
+  monkeypatch.setattr(train, 'evaluate', slow_validation)
+  config = lenet_config(num_epochs=2, log_every_steps=1000, checkpoint_every_minutes=0.0)
+  with caplog.at_level('INFO'):
+    results = train.train_and_evaluate(config, str(tmp_path / 'wd'), synthetic_dataset(n_train=200))
+  shown = [float(r) for r in re.findall(r'epoch \d/2 step 25/25 \| .* \| ([\d.]+) img/s', caplog.text)]
+  epochs = records.read(tmp_path / 'wd' / 'metrics.jsonl')
+  assert len(shown) == len(epochs) == 2
+  for line_rate, record in zip(shown, epochs):
+    assert record['train_images_per_s'] == pytest.approx(line_rate, abs=0.05)  # The figure the line showed.
+    assert record['train_seconds'] <= record['seconds'] - 2.0  # The epoch's wall time holds its validation.
+  assert results['train_seconds'] == pytest.approx(sum(r['train_seconds'] for r in epochs))
 
 
 # ------------------------------------------------------------------------------------------------ finding 20

@@ -14,7 +14,7 @@ import pytest
 from anatomy_jax import data as data_lib
 from anatomy_jax.data import pipeline
 from anatomy_jax.data.preprocess import Preprocess
-from anatomy_jax.training import checkpoints, optim, train
+from anatomy_jax.training import checkpoints, history, optim, train
 from conftest import run_program, tiny_config
 from test_models import proposed_params
 
@@ -195,7 +195,7 @@ def test_prefetch_keeps_order_and_reraises():
 def final_params_and_records(workdir):
   from anatomy_jax.evaluation import inference
   run = inference.load_run(workdir, 'latest')
-  records = [{k: v for k, v in json.loads(l).items() if k not in ('seconds', 'train_images_per_s')}
+  records = [{k: v for k, v in json.loads(l).items() if k not in history.TIMINGS}
              for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   return jax.tree_util.tree_map(np.asarray, run.params), records, json.loads((workdir / 'results.json').read_text())
 

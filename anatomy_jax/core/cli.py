@@ -11,7 +11,8 @@
   and their variants, then exits 0.
 - A bad flag, a missing config file, an unknown config field or variant: one line `error: ...`, exit status 2.
 - A `UserError` (bad input, data, config or environment) or an OSError (a disk full, a path unreadable): one
-  line `error: ...`, exit status 1. Anything else is a bug: its traceback is shown, exit status 1.
+  line `error: ...`, exit status 1; so is any error that a full disk caused (libraries wrap it: `files.disk_full`).
+  Anything else is a bug: its traceback is shown, exit status 1.
 - SIGINT/SIGTERM during training save a checkpoint first (`errors.Interrupted`): one line, exit 128 + signal.
   Ctrl-C elsewhere: one line, exit 130.
 - Logs: our own lines and the libraries' warnings; `--verbosity=1` (or -v 1) brings the libraries' INFO lines back.
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 from absl import app, flags, logging
 
 from anatomy_jax.core import config as config_lib
+from anatomy_jax.core import files
 from anatomy_jax.core.errors import Interrupted, UserError
 
 FLAGS = flags.FLAGS
@@ -112,7 +114,7 @@ def _help_text(doc: str, args: str | None) -> str:
 
 
 def _usage_error(message: str) -> None:
-  print(f'error: {message}\nRun with --help for the flags and configs.', file=sys.stderr)
+  print(f'error: {one_line(message)} (run with --help for the flags and configs)', file=sys.stderr)  # One line.
   sys.exit(USAGE_ERROR)
 
 
@@ -152,12 +154,18 @@ def run(main: Callable, doc: str, *, required: Sequence[str] = (), args: str | N
         refuse_arguments(argv[1:])
       return main() if args is None else main(argv[1:])
     except Interrupted as e:
-      _exit(str(e), e.exit_code)
+      _exit(one_line(e), e.exit_code)
     except KeyboardInterrupt:
       _exit('interrupted (Ctrl-C); nothing was saved after the last checkpoint.', 130)
     except (UserError, OSError) as e:
       logging.debug('Traceback:', exc_info=True)
-      _exit(f'error: {e}', 1)
+      full = files.disk_full(e)
+      _exit(one_line(f'error: {files.disk_full_message(full) if full and not isinstance(e, UserError) else e}'), 1)
+    except Exception as e:
+      if not files.disk_full(e):  # A bug: its traceback.
+        raise
+      logging.debug('Traceback:', exc_info=True)  # A library's error about a full disk: one line.
+      _exit(one_line(f'error: {files.disk_full_message(files.disk_full(e))}'), 1)
   app.run(wrapped, flags_parser=_parser(doc, required, args))
 
 
@@ -165,6 +173,12 @@ def refuse_arguments(args: Sequence[str]) -> None:
   """The one error for positional arguments a program does not take."""
   hint = ' Hyperparameters go in --config.FIELD=VALUE.' if 'config' in FLAGS else ''
   raise UserError(f'Unexpected arguments {list(args)}; see --help.{hint}')
+
+
+def one_line(message: str) -> str:
+  """`message` on one line (an error is promised as one line; a message listing several things may hold
+  newlines)."""
+  return ' '.join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def _exit(message: str, code: int) -> None:

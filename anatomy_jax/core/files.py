@@ -1,7 +1,9 @@
-"""Writing result files so that a reader never sees half of one (write a sibling, then rename it over), and
-checking up front that a directory can be written."""
+"""Writing result files so that a reader never sees half of one (write a sibling, then rename it over),
+checking up front that a directory can be written, and a full disk reported in one line (`disk_full`)."""
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -78,3 +80,40 @@ def check_writable(directory: str | Path, what: str = 'workdir', flag: str = '--
   except OSError as e:
     raise UserError(f'The {what} {directory} cannot be written ({e.strerror or e}). Choose a {flag} you can write '
                     'to.') from e
+
+
+_FULL = {errno.ENOSPC: 'No space left on device', errno.EDQUOT: 'Disk quota exceeded'}
+
+
+def disk_full(exc: BaseException | None) -> BaseException | None:
+  """The disk-full error (ENOSPC, EDQUOT) that `exc` is or was raised from (libraries such as Orbax, TensorStore
+  and TFDS wrap it, or pass on only its text), or None."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if (isinstance(exc, OSError) and exc.errno in _FULL) or any(text in str(exc) for text in _FULL.values()):
+      return exc
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def disk_full_message(exc: BaseException, what: str = '', hint: str = 'Free space there and rerun.') -> str:
+  """One line for a disk-full error: what could not be written (and the file, when the error names it)."""
+  path = getattr(exc, 'filename', None)
+  return (f'The disk is full: {what or "a file"} could not be written' + (f' ({path})' if path else '')
+          + f'. {hint}')
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(what: str, hint: str):
+  """Turn a full disk inside the block into a UserError naming `what` could not be written, with `hint` (what
+  to do), instead of a library's traceback."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:
+    full = disk_full(e)
+    if full is None:
+      raise
+    raise UserError(disk_full_message(full, what, hint)) from e

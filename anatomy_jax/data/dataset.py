@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from anatomy_jax.core import files
 from anatomy_jax.core.errors import Interrupted, UserError
 from anatomy_jax.data import splits
 
@@ -144,7 +145,10 @@ def prepare(config):
       if not Path(builder.data_path).exists():
         started = time.monotonic()
         logging.info('Preparing dataset %s in %s (once; later runs reuse it).', builder.name, builder.data_dir)
-        with contextlib.redirect_stdout(io.StringIO()), _stop_on_sigterm():  # Stdout: TFDS's size banners.
+        full_disk = files.disk_full_is_one_line(
+            f'the prepared dataset in {builder.data_dir}', 'Free space there, or set --config.data_dir to a disk with '
+            'room, and rerun: the unfinished preparation is removed and starts afresh.')
+        with contextlib.redirect_stdout(io.StringIO()), _stop_on_sigterm(), full_disk:  # Stdout: TFDS's banners.
           builder.download_and_prepare(file_format='array_record')
         logging.info('Prepared %s in %.0f s.', builder.name, time.monotonic() - started)
   if jax.process_count() > 1:

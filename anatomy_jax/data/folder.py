@@ -34,6 +34,9 @@ Cross-validation (`num_folds` K >= 2, `fold` k): the cases (any grouping option 
 identical images) are dealt into K folds, stratified by class (`splits.assign_folds`, seeded by `fold_seed`);
 fold k is the test split and validation is carved from the other folds' cases (val_fraction). Every image is in
 exactly one fold's test split, and no case is split between folds. Needs the PATH/<class>/<files> layout.
+
+`read_every_image(config)` reads every image of a folder, in any layout, without a build or splits (evaluating
+a folder of labelled images: `evaluate --folder`).
 """
 
 import collections
@@ -285,33 +288,57 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     return {s: self._generate_examples(examples[s]) for s in splits.SPLITS}
 
   def _read_all(self, root: Path, paths: list[Path], refused: dict):
-    c = self.builder_config
-
-    def read(path):
-      if path in refused:
-        return None, refused[path]
-      if not path.exists():
-        return None, 'broken symbolic link'
-      if not path.is_file():
-        return None, images.NOT_A_FILE
-      if not images.is_candidate(path):
-        return None, f'not an image (suffix {path.suffix or "none"} and no DICOM preamble)'
-      try:
-        return images.load(path, c.image_size, c.channels, c.max_pixels), None
-      except images.ImageError as e:
-        return None, str(e).removeprefix(f'{path}: ')
-
-    pool = concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1)))
-    try:
-      results = list(with_progress(pool.map(read, paths), len(paths), str(root), 'files'))
-    finally:  # Stopped (SIGTERM, an error): don't read the remaining files first.
-      pool.shutdown(wait=True, cancel_futures=True)
-    skipped = [{'file': str(p.relative_to(root)), 'reason': why} for p, (_, why) in zip(paths, results) if why]
-    return [px for px, _ in results], skipped
+    return read_images(self.builder_config, root, paths, refused)
 
   def _generate_examples(self, examples):
     for file, cls, pixels, group in examples:
       yield file, {'image': pixels, 'label': cls, 'file': file, 'group': group}
+
+
+def read_images(c: FolderConfig, root: Path, paths: list[Path], refused: dict):
+  """Each file's pixels as the folder config `c` stores them (None where skipped), and the skipped files with
+  their reasons ({'file', 'reason'} each)."""
+  def read(path):
+    if path in refused:
+      return None, refused[path]
+    if not path.exists():
+      return None, 'broken symbolic link'
+    if not path.is_file():
+      return None, images.NOT_A_FILE
+    if not images.is_candidate(path):
+      return None, f'not an image (suffix {path.suffix or "none"} and no DICOM preamble)'
+    try:
+      return images.load(path, c.image_size, c.channels, c.max_pixels), None
+    except images.ImageError as e:
+      return None, str(e).removeprefix(f'{path}: ')
+
+  pool = concurrent.futures.ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 1)))
+  try:
+    results = list(with_progress(pool.map(read, paths), len(paths), str(root), 'files'))
+  finally:  # Stopped (SIGTERM, an error): don't read the remaining files first.
+    pool.shutdown(wait=True, cancel_futures=True)
+  skipped = [{'file': str(p.relative_to(root)), 'reason': why} for p, (_, why) in zip(paths, results) if why]
+  return [px for px, _ in results], skipped
+
+
+def read_every_image(config) -> dict:
+  """Every readable image of the folder `config.manual_dir` (class folders, or train/val/test folders of them),
+  stored as `config.folder` says, with no split and no TFDS build: evaluating a folder of labelled images.
+  {'class_names', 'images' (N, H, W, C) uint8, 'labels', 'groups' (each image's case; None without a grouping
+  option), 'skipped' ({'file', 'reason'} each)}."""
+  c = FolderConfig.from_config(config)
+  root, refused = Path(c.root), {}
+  tree, class_names = scan(root, refused)
+  entries = [(cls, path) for classes in tree.values() for cls, paths in classes.items() for path in paths]
+  groups = cases.read_groups(c, root, [p for _, p in entries])
+  pixels, skipped = read_images(c, root, [p for _, p in entries], refused)
+  keep = [i for i, px in enumerate(pixels) if px is not None]
+  if not keep:
+    raise UserError(f'No readable image in {root}: {len(skipped)} file(s) skipped.')
+  return {'class_names': class_names, 'images': np.stack([pixels[i] for i in keep]),
+          'labels': np.array([class_names.index(entries[i][0]) for i in keep], np.int32),
+          'groups': np.array([groups[i] or '' for i in keep]) if cases.grouping_of(c) else None,
+          'skipped': skipped}
 
 
 def check_given_splits(keys, fixed, paths: list[Path], groups: list, root: Path) -> None:

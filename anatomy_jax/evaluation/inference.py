@@ -80,6 +80,10 @@ class Ensemble:
     return self.runs[0].image_shape
 
   @property
+  def meta(self) -> dict:
+    return self.runs[0].meta
+
+  @property
   def step(self) -> list[int]:
     return [r.step for r in self.runs]
 

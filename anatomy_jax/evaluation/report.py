@@ -5,7 +5,9 @@
 precision/recall/F1/AUC, macro-F1, macro one-vs-rest ROC AUC, confusion matrix; for networks with auxiliary
 heads, each head's accuracy too) and the confusion matrix as confusion_<split>.csv and .png. When the dataset
 knows each image's case, the report also gives the accuracy per case (majority vote); with `tta`, the figures
-for test-time augmentation under `tta`. Several workdirs evaluate as one ensemble (`inference.load_runs`).
+for test-time augmentation under `tta`. With a folder, every readable image of it is evaluated (no split), and
+when it is the run's own image folder the data fingerprint is compared with the checkpoint's. Several workdirs
+evaluate as one ensemble (`inference.load_runs`).
 """
 
 import io
@@ -13,15 +15,28 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 
 from anatomy_jax import data as data_lib
 from anatomy_jax.core import files, plots
 from anatomy_jax.core.errors import UserError
+from anatomy_jax.data import folder as folder_lib
 from anatomy_jax.evaluation import inference, scores
 
 
-def dataset_for(run: inference.Run, folder: str = '', data_dir: str | None = None, manual_dir: str | None = None):
-  """The run's dataset, or a folder dataset stored like it, and how its labels map onto the run's classes."""
+def dataset_for(run: inference.Run, data_dir: str | None = None, manual_dir: str | None = None):
+  """The run's dataset (its splits) and how its labels map onto the run's classes (a folder of labelled images
+  is read whole by `folder_examples`)."""
+  config = _config_for(run, '', data_dir, manual_dir)
+  data = data_lib.load_dataset(config)
+  mapping = _class_mapping(run, data.class_names, config.manual_dir)
+  if data.image_shape != run.image_shape:
+    raise UserError(f'The dataset stores images as {data.image_shape}, the run was trained on {run.image_shape}.')
+  return data, mapping
+
+
+def _config_for(run: inference.Run, folder: str = '', data_dir: str | None = None, manual_dir: str | None = None):
+  """The run's config with the overrides; for a folder, a folder dataset of it stored as the run's images."""
   config = run.config.copy_and_resolve_references()
   if data_dir is not None:
     config.data_dir = data_dir
@@ -30,15 +45,58 @@ def dataset_for(run: inference.Run, folder: str = '', data_dir: str | None = Non
   if folder:
     config.dataset, config.manual_dir = 'folder', folder
     config.folder.image_size, config.folder.channels = run.image_shape[0], run.image_shape[2]
-  data = data_lib.load_dataset(config)
-  unknown = [c for c in data.class_names if c not in run.class_names]
+  return config
+
+
+def _class_mapping(run: inference.Run, class_names: list[str], where: str) -> np.ndarray:
+  unknown = [c for c in class_names if c not in run.class_names]
   if unknown:
-    raise UserError(f'Class(es) {unknown} of {config.manual_dir} are not among the model\'s classes '
-                     f'{run.class_names}.')
-  mapping = np.array([run.class_names.index(c) for c in data.class_names], np.int32)
-  if data.image_shape != run.image_shape:
-    raise UserError(f'The dataset stores images as {data.image_shape}, the run was trained on {run.image_shape}.')
-  return data, mapping
+    raise UserError(f'Class(es) {unknown} of {where} are not among the model\'s classes {run.class_names}.')
+  return np.array([run.class_names.index(c) for c in class_names], np.int32)
+
+
+def folder_examples(run: inference.Run, folder: str, data_dir: str | None = None):
+  """(images, labels in the run's classes, cases or None, warnings) for every readable image of `folder`: no
+  split, so a folder too small to split is evaluated whole. When `folder` is the run's own image folder, its
+  data fingerprint now is compared with the checkpoint's: a changed folder is said so (a warning)."""
+  config = _config_for(run, folder, data_dir)
+  found = folder_lib.read_every_image(config)
+  mapping = _class_mapping(run, found['class_names'], folder)
+  warnings = [f'{len(found["skipped"])} file(s) of {folder} skipped (not images, or unreadable): '
+              + ', '.join(f'{s["file"]} ({s["reason"]})' for s in found['skipped'][:5])
+              + (' ...' if len(found['skipped']) > 5 else '')] if found['skipped'] else []
+  if _is_own_folder(run, folder):
+    warnings.append(f'{folder} is the run\'s own image folder: its training and validation images are among '
+                    'those evaluated, so the figures are optimistic (evaluate without --folder for the test split).')
+    changed = _own_data_changed(run, data_dir)
+    if changed:
+      warnings.append(changed)
+  for line in warnings:
+    logging.warning('%s', line)
+  return found['images'], mapping[found['labels']], found['groups'], warnings
+
+
+def _is_own_folder(run: inference.Run, folder: str) -> bool:
+  own = run.config.dataset == 'folder' and run.config.manual_dir
+  return bool(own) and Path(own).expanduser().resolve() == Path(folder).expanduser().resolve()
+
+
+def _own_data_changed(run: inference.Run, data_dir: str | None) -> str:
+  """'' when the run's image folder still gives the data its checkpoint was trained on (the same data
+  fingerprint, `Dataset.fingerprint`); else a line saying that it changed (or could not be compared)."""
+  stored = (run.meta.get('fingerprint') or {}).get('data')
+  if not stored:
+    return 'The checkpoint records no data fingerprint (older run): whether the folder changed is not known.'
+  try:
+    now = data_lib.load_dataset(_config_for(run, '', data_dir)).fingerprint
+  except UserError as e:
+    return (f'The run\'s image folder {run.config.manual_dir} has changed since training: it no longer builds as '
+            f'the run\'s dataset ({e})')
+  if now == stored:
+    return ''
+  return (f'The run\'s image folder {run.config.manual_dir} has changed since training (data fingerprint '
+          f'{stored} in the checkpoint, {now} now): images were added, removed or replaced, so these figures are '
+          'not those of the data the run was trained and tested on.')
 
 
 def evaluate(run: inference.Run, images: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
@@ -90,21 +148,28 @@ def write_outputs(report: dict, class_names: list[str], out_dir: Path, name: str
 
 def run_evaluation(workdir: str | Path | list, split='test', checkpoint='best', folder='', data_dir=None,
                    manual_dir=None, output_dir='', tta: bool = False) -> dict:
-  """Evaluate one run, or an ensemble (several workdirs: a list or comma-separated), and write the reports."""
+  """Evaluate a run's checkpoint (or an ensemble's: several workdirs, a list or comma-separated) on `split` of
+  its dataset or, with `folder`, on every image of that folder (split is then 'all'), and write the reports
+  (see the module doc)."""
   workdirs = inference.split_workdirs(workdir)
   if len(workdirs) > 1 and not output_dir:
     raise UserError(f'Evaluating an ensemble of {len(workdirs)} runs: name where its reports go (--output_dir).')
   out_dir = Path(output_dir or workdirs[0])
-  files.check_writable(out_dir, 'output directory', '--output_dir')
   run = inference.load_runs(workdirs, checkpoint)
-  data, mapping = dataset_for(run, folder, data_dir, manual_dir)
-  names = list(data.splits) if split == 'all' else [split]
-  images = np.concatenate([data.splits[s].images for s in names])
-  labels = mapping[np.concatenate([data.splits[s].labels for s in names])]
-  groups = np.concatenate([data.groups[s] for s in names]) if data.groups else None
+  files.check_writable(out_dir, 'output directory', '--output_dir')
+  warnings = []
+  if folder:
+    split = 'all'
+    images, labels, groups, warnings = folder_examples(run, folder, data_dir)
+  else:
+    data, mapping = dataset_for(run, data_dir, manual_dir)
+    names = list(data.splits) if split == 'all' else [split]
+    images = np.concatenate([data.splits[s].images for s in names])
+    labels = mapping[np.concatenate([data.splits[s].labels for s in names])]
+    groups = np.concatenate([data.groups[s] for s in names]) if data.groups else None
   report = evaluate(run, images, labels, groups, tta)
   report.update({'split': split, 'checkpoint': checkpoint, 'step': run.step, 'model': run.config.model,
-                 'dataset': folder or data.name})
+                 'dataset': folder or data.name, **({'warnings': warnings} if folder else {})})
   if len(workdirs) > 1:
     report['ensemble'] = [str(w) for w in workdirs]
   name = f'{Path(folder).name}_{split}' if folder else split

@@ -80,10 +80,10 @@ def check_compatible(saved: dict, current: dict, where: str) -> None:
   keys = (set(saved) | set(current)) - ({'data'} if 'data' not in saved else set())
   diff = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
   if diff:
-    lines = '\n'.join(f'  {k}: checkpoint {a!r} vs now {b!r}' for k, (a, b) in sorted(diff.items()))
+    lines = '; '.join(f'{k}: checkpoint {a!r} vs now {b!r}' for k, (a, b) in sorted(diff.items()))
     hint = (' (data: the prepared images or their split differ; a changed folder, group option or '
             'train_fraction)' if 'data' in diff else '')
-    raise UserError(f'The checkpoint in {where} was made with a different setup{hint}:\n{lines}\n'
+    raise UserError(f'The checkpoint in {where} was made with a different setup{hint}: {lines}. '
                     'Use another --workdir for the new setup, or restore the old config and data.')
 
 
@@ -110,8 +110,8 @@ def check_settings(meta: dict, config, where) -> dict[str, tuple]:
   unless `config.accept_config_changes`."""
   changes = settings_changes(meta.get('config') or {}, config)
   if changes and not config.get('accept_config_changes', False):
-    lines = '\n'.join(f'  {k}: checkpoint {a!r} vs now {b!r}' for k, (a, b) in changes.items())
-    raise UserError(f'The run in {where} was trained to step {meta["step"]} with other settings:\n{lines}\n'
+    lines = '; '.join(f'{k}: checkpoint {a!r} vs now {b!r}' for k, (a, b) in changes.items())
+    raise UserError(f'The run in {where} was trained to step {meta["step"]} with other settings: {lines}. '
                     'Rerun with its settings to continue it unchanged; or add --config.accept_config_changes=True to '
                     f'continue it with the new ones from step {meta["step"]} (recorded in results.json); or use '
                     'another --workdir for a new run.')
@@ -184,8 +184,8 @@ def _check_structure(meta: dict, target, where: str, config=None) -> None:
     raise UserError(
         f'The checkpoint in {where} holds a differently shaped state than this config builds (a changed optimizer '
         f'or model option): {len(missing)} array(s) missing, e.g. {missing[:3]}; {len(changed)} with other '
-        f'shapes, e.g. {changed[:3]}.' + (f'\nConfig fields that differ from the checkpoint\'s:\n{fields}' if fields
-                                          else '') + '\nRestore those settings to continue this run, or use another '
+        f'shapes, e.g. {changed[:3]}.' + (f' Config fields that differ from the checkpoint\'s: {fields}.' if fields
+                                          else '') + ' Restore those settings to continue this run, or use another '
         '--workdir for the new ones.')
 
 
@@ -200,8 +200,8 @@ def _config_diff(saved: dict, config, prefix: str = '') -> str:
       sub = _config_diff(a, b, f'{prefix}{k}.')
       lines += [sub] if sub else []
     elif a != b and k not in ('num_epochs',):
-      lines.append(f'  {prefix}{k}: checkpoint {a!r} vs now {b!r}')
-  return '\n'.join(lines)
+      lines.append(f'{prefix}{k}: checkpoint {a!r} vs now {b!r}')
+  return '; '.join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- managers

@@ -15,13 +15,19 @@ import jax
 from anatomy_jax.core import files, plots
 
 
+# metrics.jsonl's fields that are times, and differ between runs whose every other figure is the same bit for bit.
+TIMINGS = ('seconds', 'train_seconds', 'train_images_per_s')
+
+
 def epoch_record(epoch: int, step: int, train: dict, val: dict, learning_rate: float, seconds: float,
-                 images_per_s: float | None) -> dict:
+                 images_per_s: float | None, train_seconds: float | None = None) -> dict:
   """metrics.jsonl's line for an epoch: losses and accuracies (every head's), the learning rate of its last
-  step, its wall seconds and the training rate."""
+  step, its wall seconds (validation and checkpointing included), its training steps' seconds
+  (`train_seconds`: validation excluded) and the training rate (`train_images_per_s`: the rate of the progress
+  line and TensorBoard, `progress.ProgressLine.rate`, validation excluded)."""
   record = {'epoch': epoch, 'step': step, 'train_loss': train['loss'], 'train_accuracy': train['accuracy'],
             'val_loss': val['loss'], 'val_accuracy': val['accuracy'], 'learning_rate': learning_rate,
-            'seconds': seconds}
+            'seconds': seconds, **({'train_seconds': train_seconds} if train_seconds is not None else {})}
   record.update({f'train_{k}': v for k, v in train.items() if k.startswith('loss')})
   record.update({f'val_{k}': v for k, v in val.items() if k.startswith('loss') and k != 'loss'})
   if images_per_s:
@@ -57,7 +63,7 @@ class History:
     with open(self.path, 'a') as f:
       f.write(files.to_json(record) + '\n')
     for key, value in record.items():
-      if key.startswith(('train_', 'val_')) and key != 'train_images_per_s':
+      if key.startswith(('train_', 'val_')) and key not in ('train_images_per_s', 'train_seconds'):
         split, name = key.split('_', 1)
         self.events.add_scalar(f'{"validation" if split == "val" else "train"}/{name}', value, record['step'])
     self.events.add_scalar('learning_rate', record['learning_rate'], record['step'])

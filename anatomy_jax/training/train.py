@@ -6,7 +6,8 @@
   3. train         epoch after epoch: its compiled calls (k steps each); after each call, in order, the progress
                    line, a mid-epoch checkpoint, a stop on SIGINT/SIGTERM; at the epoch's end, validation, the
                    record (metrics.jsonl, TensorBoard), the checkpoint (and `best`), early stopping
-  4. test          the best checkpoint on validation and test, into results.json
+  4. test          the best checkpoint on test (its validation figures from its epoch), into results.json; a rerun
+                   of a finished run says so and redoes nothing
 
 What the loop carries from one call to the next is explicit: the train state, the epoch's running metric sums
 (on the devices) and a `Position` (step, best validation accuracy, training seconds). The pure steps are in
@@ -36,7 +37,8 @@ from anatomy_jax.data import cases, pipeline
 from anatomy_jax.data.preprocess import Preprocess, mean_image
 from anatomy_jax.models import summary
 from anatomy_jax.training import checkpoints, finetune, history, optim, parallel as parallel_lib, steps
-from anatomy_jax.training.progress import ProgressLine
+from anatomy_jax.training import progress as progress_lib
+from anatomy_jax.training.progress import ProgressLine, crossed
 
 MAX_IN_FLIGHT = 2  # Calls queued ahead of the devices: enough to keep them busy, few enough to stay current.
 
@@ -51,7 +53,9 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
     data_lib.check_outside(config.manual_dir, workdir, 'The workdir')
   files.check_writable(workdir)
   workdir = Path(workdir)
-  with checkpoints.WorkdirLock(workdir):
+  full_disk = files.disk_full_is_one_line(f'the run\'s files in {workdir}', 'Free space there (or use another '
+                                         '--workdir) and rerun the same command: it resumes from its last checkpoint.')
+  with checkpoints.WorkdirLock(workdir), full_disk:
     # 1. Build: the data, the network and its optimizer, the compiled programs.
     data, programs = build(config, dataset)
     parallel, spe = programs.parallel, data.steps_per_epoch
@@ -62,11 +66,18 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
     with checkpoints.Checkpointer(workdir, config.keep_checkpoints) as ckpt, signals.StopRequest() as stop:
       # 2. Restore the newest good checkpoint, or start.
       state, pos, host_sums = restore_or_init(config, ckpt, data, programs)
+      if pos.step:
+        done = finished_results(workdir, config, pos, spe)
+        if done is not None:  # A rerun of a finished run: it said so, and nothing is tested again.
+          return done
+        logging.info('Resumed %s from step %d (%s) in %s.', config.model, pos.step,
+                     progress_lib.position(pos.step, spe, config.num_epochs), workdir)
 
-      def save(state, pos: Position, sums: dict | None = None, best: bool = False) -> None:
-        """Checkpoint `state` at `pos`, with the epoch's running sums when it is cut mid-epoch."""
+      def save(state, pos: Position, sums: dict | None = None, best: bool = False, val: dict | None = None) -> None:
+        """Checkpoint `state` at `pos`, with the epoch's running sums when it is cut mid-epoch, and its validation
+        figures at an epoch's end (the final test reuses them)."""
         meta = {'step': pos.step, 'best_val_accuracy': pos.best_val_accuracy, 'train_seconds': pos.train_seconds,
-                'best_step': pos.best_step, 'origin': pos.origin, 'sums': sums,
+                'best_step': pos.best_step, 'origin': pos.origin, 'sums': sums, 'validation': val,
                 'fingerprint': fingerprint(config, data), 'config': json.loads(config.to_json_best_effort()),
                 'config_changes': list(pos.config_changes)}
         ckpt.save(pos.step, checkpoint_tree(programs, data, state), meta, best=best)
@@ -75,7 +86,9 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
       run_history = history.History(workdir, first_epoch=pos.step // spe, step=pos.step)
       progress = ProgressLine(total_steps=spe * config.num_epochs, steps_per_epoch=spe, num_epochs=config.num_epochs,
                               batch_size=config.batch_size, every_steps=config.log_every_steps,
-                              every_seconds=config.log_every_seconds)
+                              every_seconds=config.log_every_seconds, val_images=len(data.splits['validation']),
+                              validations_left=max(0, config.num_epochs - pos.step // spe),
+                              test_images=len(data.splits['test']))
       last_save, compiled_before = time.monotonic(), jax_cache.TALLY.snapshot()
       try:
         for epoch in range(pos.step // spe, config.num_epochs):
@@ -83,11 +96,11 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
             logging.info('Validation accuracy has not improved for %d epochs: stopping early.', pos.stale_epochs(spe))
             break
           epoch_started = clock = call_started = time.monotonic()
-          last_good, end_step = pos.step, (epoch + 1) * spe
+          last_good, end_step, seconds_before = pos.step, (epoch + 1) * spe, pos.train_seconds
           order = pipeline.epoch_order(len(data.splits['train']), config.batch_size, config.seed, epoch)
-          sums = programs.sums(host_sums)
+          sums, before = programs.sums(host_sums), pos.step
           for end, state, sums in dispatches(programs, data, state, sums, epoch_plan(order, pos.step % spe, k)):
-            step = epoch * spe + end
+            step = epoch * spe + end  # This dispatch trained steps before+1 .. step.
             ckpt.fault_point('step')
             if not progress.started:  # The first call: wait for it (compilation included) and say how long.
               jax.block_until_ready(sums)
@@ -98,15 +111,15 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
               progress.begin(step)
             # Decide: a progress line, a mid-epoch checkpoint, a stop.
             end_of_epoch = step == end_step
-            line_due = progress.due(step, end_of_epoch)
-            by_steps = bool(config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+            line_due = progress.due(step, end_of_epoch, before)
+            by_steps = crossed(before, step, config.checkpoint_every_steps)
             by_time = bool(config.checkpoint_every_minutes
                            and time.monotonic() - last_save >= 60 * config.checkpoint_every_minutes)
             save_due, stop_due = not end_of_epoch and (by_steps or by_time), stop.requested
             if jax.process_count() > 1:
-              # Clocks and signals differ between processes, so they decide together, and only at steps that
-              # every process knows (a collective that one process skipped would wait forever).
-              if end_of_epoch or step % config.log_every_steps == 0:
+              # Clocks and signals differ between processes, so they decide together, and only after dispatches
+              # that every process knows (a collective that one process skipped would wait forever).
+              if end_of_epoch or crossed(before, step, config.log_every_steps):
                 line_due, save_due, stop_due = map(bool, parallel.agree([True, save_due, stop_due]))
               else:
                 line_due, save_due, stop_due = False, not end_of_epoch and by_steps, False
@@ -114,7 +127,7 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
               host_sums, last_good = checked(parallel, sums, last_good, step), step
             if line_due and jax.process_index() == 0:
               logging.info('%s', progress.line(step, host_sums))
-              run_history.progress(step, host_sums, progress.rate(step))
+              run_history.progress(step, host_sums, progress.rate_shown(step))
             if save_due or stop_due:
               now = time.monotonic()
               pos, clock = dataclasses.replace(pos, step=step, train_seconds=pos.train_seconds + now - clock), now
@@ -124,22 +137,24 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
               ckpt.wait()
               raise Interrupted(f'{stop.name or "A stop request"}: saved step {step} in {ckpt.root}/latest; rerun '
                                 'the same command to continue.', stop.exit_code if stop.signum else 130)
+            before = step
           if last_good != end_step:
             host_sums = checked(parallel, sums, last_good, end_step)
           pos = dataclasses.replace(pos, step=end_step, train_seconds=pos.train_seconds + time.monotonic() - clock)
 
           # The epoch's end: validation, the record, the checkpoint (the best one too).
-          validation_started = time.monotonic()
-          train, val = steps.means(host_sums), evaluate(programs, data, parallel.params(state), 'validation')
-          pos = dataclasses.replace(pos, train_seconds=pos.train_seconds + time.monotonic() - validation_started)
+          validation_started, rate = time.monotonic(), progress.rate_shown(pos.step)  # The epoch's last line's.
+          train = steps.means(host_sums)
+          val = evaluate(programs, data, parallel.params(state), 'validation', progress, pos.step)
           run_history.write(history.epoch_record(epoch + 1, pos.step, train, val, host_sums['learning_rate'],
-                                                 time.monotonic() - epoch_started, progress.rate(pos.step)))
+                                                 time.monotonic() - epoch_started, rate,
+                                                 pos.train_seconds - seconds_before))
           logging.info('epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f', epoch + 1, train['loss'],
                        train['accuracy'], val['loss'], val['accuracy'])
           is_best = val['accuracy'] > pos.best_val_accuracy
           if is_best:
             pos = dataclasses.replace(pos, best_val_accuracy=val['accuracy'], best_step=pos.step)
-          save(state, pos, best=is_best)
+          save(state, pos, best=is_best, val=val)
           last_save = time.monotonic()
           progress.exclude(time.monotonic() - validation_started)
           host_sums = None
@@ -172,7 +187,9 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
       params = parallel.params(parallel.state_from_checkpoint(tree['state']))
       # Evaluated as the checkpoint was trained, even after accepted setting changes (preprocessing, mean, dtype).
       e_programs, e_data = as_trained(config, programs, data, meta, tree)
-      val, test = evaluate(e_programs, e_data, params, 'validation'), evaluate(e_programs, e_data, params, 'test')
+      # Its validation figures as its epoch measured them (the same parameters and program: no second pass).
+      val = meta.get('validation') or evaluate(e_programs, e_data, params, 'validation', progress, pos.step)
+      test = evaluate(e_programs, e_data, params, 'test', progress, pos.step)
       results = {
           'model': config.model, 'dataset': data.dataset.name, 'class_names': data.dataset.class_names,
           'test_accuracy': test['accuracy'], 'test_loss': test['loss'],
@@ -372,8 +389,6 @@ def restore_or_init(config, ckpt: checkpoints.Checkpointer, data: Data, programs
     logging.warning('Continuing from step %d with changed settings (accepted): %s.', meta['step'],
                     '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items()))
     accepted += ({'step': int(meta['step']), 'changes': {k: [a, b] for k, (a, b) in changes.items()}},)
-  logging.info('Resumed %s from step %d (epoch %d) in %s.', config.model, meta['step'],
-               meta['step'] // data.steps_per_epoch, workdir)
   pos = Position(int(meta['step']), meta['best_val_accuracy'], meta['train_seconds'],
                  int(meta.get('best_step', meta['step'])), meta.get('origin'), accepted)
   if not ckpt.verify_best(checkpoint_target(programs, data), pos.best_step if pos.best_val_accuracy >= 0 else 0,
@@ -384,6 +399,25 @@ def restore_or_init(config, ckpt: checkpoints.Checkpointer, data: Data, programs
     pos = dataclasses.replace(pos, best_val_accuracy=-1.0, best_step=pos.step)
   sums = meta.get('sums') if pos.step % data.steps_per_epoch else None
   return programs.parallel.state_from_checkpoint(tree['state']), pos, sums
+
+
+def finished_results(workdir: Path, config, pos: Position, steps_per_epoch: int) -> dict | None:
+  """results.json of a run with nothing left to train (every epoch trained, or stopped early) when its final
+  test was of this checkpoint and this best, with these accepted setting changes (a best lost since, or a change
+  accepted now, is tested and recorded again), after saying so; else None."""
+  stopped = bool(config.early_stopping_epochs) and pos.stale_epochs(steps_per_epoch) >= config.early_stopping_epochs
+  if pos.step < steps_per_epoch * config.num_epochs and not stopped:
+    return None
+  results = files.read_json(workdir / 'results.json')
+  if not (results and results.get('steps_trained') == pos.step and results.get('best_step') == pos.best_step
+          and results.get('config_changes', []) == json.loads(json.dumps(list(pos.config_changes)))):
+    return None
+  accuracy = results.get('test_accuracy')
+  logging.info('%s in %s is finished (step %d, %s; best epoch %s, test accuracy %s): its results are in %s. '
+               'Nothing was redone; raise --config.num_epochs to train it longer.', config.model, workdir, pos.step,
+               progress_lib.position(pos.step, steps_per_epoch, config.num_epochs), results.get('best_epoch'),
+               'unknown' if accuracy is None else f'{accuracy:.4f}', workdir / 'results.json')
+  return results
 
 
 def _same_origin(origin: dict | None, init_from: str) -> bool:
@@ -456,13 +490,30 @@ def checked(parallel, sums, last_good: int, step: int) -> dict:
   return host
 
 
-def evaluate(programs: Programs, data: Data, params, split: str) -> dict:
-  """Loss and accuracies of `params` on a whole split: masked sums over padded batches, every example once."""
-  sums = None
-  for idx, mask in pipeline.eval_batches(len(data.splits[split]), data.eval_batch_size):
+def evaluate(programs: Programs, data: Data, params, split: str, progress: ProgressLine | None = None,
+             step: int = 0) -> dict:
+  """Loss and accuracies of `params` on a whole split: masked sums over padded batches, every example once.
+  With `progress` (training, after step `step`): a line every log_every_seconds while it runs (at most
+  MAX_IN_FLIGHT batches queued, so that the count is of finished ones), and its rate goes into the ETA."""
+  total, sums, queued, done = len(data.splits[split]), None, collections.deque(), 0
+  if progress:
+    progress.begin_evaluation(split, step)
+  for idx, mask in pipeline.eval_batches(total, data.eval_batch_size):
     m = programs.eval_step(params, programs.batch(data, split, idx, mask), data.arrays[split])
     sums = m if sums is None else _accumulate(sums, m)
-  return steps.means(programs.parallel.host_floats(sums))
+    if progress:
+      queued.append((sums, int(mask.sum())))
+      if len(queued) > MAX_IN_FLIGHT:
+        finished, n = queued.popleft()
+        jax.block_until_ready(finished)
+        done += n
+        line = progress.evaluation_line(done, total)
+        if line and jax.process_index() == 0:
+          logging.info('%s', line)
+  result = steps.means(programs.parallel.host_floats(sums))
+  if progress:
+    progress.end_evaluation(total)
+  return result
 
 
 _accumulate = jax.jit(steps.accumulate)
