@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from anatomy_jax.core.errors import UserError
 from anatomy_jax.evaluation import classify, inference, report as evaluation, scores
 from anatomy_jax.experiments import visualize
 from anatomy_jax.training import train
@@ -170,3 +171,30 @@ def test_unfinished_results_json_is_not_taken_for_a_finished_run(trained, tmp_pa
   results = runner.train_once(config, workdir)
   assert results['test_accuracy'] == pytest.approx(trained['results']['test_accuracy'])
   assert json.loads((workdir / 'results.json').read_text())['test_accuracy'] == results['test_accuracy']
+
+
+def test_predict_pools_cases_and_ensembles_average(trained, tmp_path):
+  run = inference.load_run(trained['workdir'])
+  paths = classify.expand([str(trained['root'] / 'vertical')])
+  plain, _ = classify.predict_files(run, paths)
+  pooled, _ = classify.predict_files(run, paths, case_regex=r'img_0(\d)')
+  probs = lambda rows: np.array([[r[classify.column(c)] for c in run.class_names] for r in rows])
+  cases = np.array([r['case'] for r in pooled])
+  assert sorted(set(cases)) == ['0', '1', '2']
+  for case in set(cases):  # Every file of a case gets the mean of its files' own probabilities.
+    members = cases == case
+    np.testing.assert_allclose(probs(pooled)[members], np.broadcast_to(probs(plain)[members].mean(0),
+                                                                       (members.sum(), len(run.class_names))),
+                               rtol=1e-5)
+  # An ensemble of a run and its copy answers as the run; a run named twice is refused.
+  copy = tmp_path / 'copy'
+  shutil.copytree(trained['workdir'], copy)
+  both = inference.load_runs(f'{trained["workdir"]},{copy}')
+  assert isinstance(both, inference.Ensemble) and both.class_names == run.class_names
+  again, _ = classify.predict_files(both, paths)
+  np.testing.assert_allclose(probs(again), probs(plain), rtol=1e-5)
+  with pytest.raises(UserError, match='more than once'):
+    inference.load_runs(f'{copy},{copy}')
+  out = run_program('anatomy_jax.predict', f'--workdir={trained["workdir"]}', '--pool_cases',
+                    f'--output={tmp_path / "p.csv"}', str(trained['root'] / 'vertical'))
+  assert out.returncode == 1 and '--case_regex' in out.stderr and not (tmp_path / 'p.csv').exists()

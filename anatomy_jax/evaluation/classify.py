@@ -15,7 +15,7 @@ import numpy as np
 
 from anatomy_jax.core import files
 from anatomy_jax.core.errors import UserError
-from anatomy_jax.data import images
+from anatomy_jax.data import cases, images
 from anatomy_jax.evaluation import inference, scores
 
 
@@ -36,8 +36,12 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def predict_files(run: inference.Run, paths: list[Path], low_confidence: float = 0.6,
-                  max_pixels: int | None = None, tta: bool = False) -> tuple[list[dict], list[tuple[Path, str]]]:
-  """(one row per classified file, (file, reason) for each skipped one)."""
+                  max_pixels: int | None = None, tta: bool = False,
+                  case_regex: str = '') -> tuple[list[dict], list[tuple[Path, str]]]:
+  """(one row per classified file, (file, reason) for each skipped one). With `case_regex`, each file's case is
+  the regex's first group (or match) in its path (a file it does not match is a case alone), and every file is
+  given its case's mean probabilities (column `case`)."""
+  pattern = cases.compile_group_regex(case_regex) if case_regex else None
   size, _, channels = run.image_shape
   max_pixels = max_pixels or run.config.folder.get('max_pixels', images.MAX_PIXELS)
   loaded, skipped = [], []
@@ -59,12 +63,23 @@ def predict_files(run: inference.Run, paths: list[Path], low_confidence: float =
   if loaded:
     stacked = np.stack([x for _, x in loaded])
     probs = run.predict_tta(stacked) if tta else scores.softmax(run.predict(stacked)['logits'])
-    for (f, _), p in zip(loaded, probs):
+    groups = [case_of(f, pattern) for f, _ in loaded] if pattern else None
+    if groups:
+      probs = scores.pool_by_case(probs, np.array(groups))
+    for i, ((f, _), p) in enumerate(zip(loaded, probs)):
       best = int(p.argmax())
       rows.append({'file': str(f), 'predicted': run.class_names[best], 'probability': float(p[best]),
                    'low_confidence': bool(p[best] < low_confidence),
-                   **{column(name): float(p[i]) for i, name in enumerate(run.class_names)}})
+                   **{column(name): float(p[c]) for c, name in enumerate(run.class_names)},
+                   **({'case': groups[i]} if groups else {})})
   return rows, skipped
+
+
+def case_of(path: Path, pattern) -> str:
+  m = pattern.search(str(path))
+  if not m:
+    return f'file:{path}'  # Its own case.
+  return m.group(1) if m.groups() else m.group(0)
 
 
 def column(class_name: str) -> str:
@@ -75,7 +90,8 @@ def column(class_name: str) -> str:
 
 def write_csv(rows: list[dict], class_names: list[str], output: Path) -> None:
   text = io.StringIO()
-  writer = csv.DictWriter(text, HEADER + [column(c) for c in class_names])
+  writer = csv.DictWriter(text, HEADER + [column(c) for c in class_names] + (['case'] if rows and 'case' in rows[0]
+                                                                            else []))
   writer.writeheader()
   writer.writerows(rows)
   files.write_text(output, text.getvalue())
