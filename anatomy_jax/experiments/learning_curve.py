@@ -6,7 +6,9 @@
 Each (model, fraction, seed) trains in DIR/<model>/frac<fraction>_seed<seed> on a stratified `fraction` of the
 training split (chosen by the seed); validation and test are always the full splits. Writes
 DIR/learning_curve_runs.csv (every run), DIR/learning_curve.csv (mean and std over seeds) and
-DIR/learning_curve.png (test accuracy, mean +- std, against training images). Finished runs are not redone.
+DIR/learning_curve.png (test accuracy, mean +- std, against training images); the CSVs carry each run's full
+commit. Finished runs are not redone. docs/results.md's table is rendered from learning_curve.csv by
+`experiments.tables`.
 A fraction that leaves fewer images than one batch trains with a single batch of all of them.
 """
 
@@ -70,7 +72,8 @@ def run_learning_curve(outdir, names=None, fractions=(0.01, 0.02, 0.05, 0.1, 0.2
         runs.append({'model': model, 'fraction': float(fraction), 'seed': int(seed),
                      'train_size': r['split_sizes']['train'], 'batch_size': config.batch_size,
                      'val_accuracy': r['val_accuracy'], 'test_accuracy': r['test_accuracy'],
-                     'test_loss': r['test_loss'], 'train_seconds': r['train_seconds']})
+                     'test_loss': r['test_loss'], 'train_seconds': r['train_seconds'],
+                     'git_commit': r.get('provenance', {}).get('git_commit', 'unknown')})
   write_outputs(runs, outdir)
   return runs
 
@@ -91,8 +94,27 @@ def aggregate(runs: list[dict]) -> list[dict]:
       acc = np.array([r['test_accuracy'] for r in group])
       rows.append({'model': model, 'fraction': fraction, 'train_size': group[0]['train_size'], 'seeds': len(group),
                    'test_accuracy_mean': float(acc.mean()), 'test_accuracy_std': float(acc.std(ddof=0)),
-                   'val_accuracy_mean': float(np.mean([r['val_accuracy'] for r in group]))})
+                   'val_accuracy_mean': float(np.mean([r['val_accuracy'] for r in group])),
+                   # Every commit the group's runs were trained at (one, unless finished runs were reused).
+                   'git_commit': ' '.join(sorted({r.get('git_commit', 'unknown') for r in group}))})
   return rows
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+  """docs/results.md's learning-curve table (through `experiments.tables`): test accuracy (%), mean +- std over
+  the seeds, one row per fraction and a column per network."""
+  names = list(dict.fromkeys(r['model'] for r in rows))
+  fractions = sorted({float(r['fraction']) for r in rows})
+  lines = ['| training images (fraction) | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+  for fraction in fractions:
+    mine = {r['model']: r for r in rows if float(r['fraction']) == fraction}
+    sizes = {int(r['train_size']) for r in mine.values()}
+    if len(sizes) != 1:
+      raise ValueError(f'fraction {fraction:g}: the networks trained on different numbers of images {sorted(sizes)}')
+    cells = [f'{100 * float(mine[m]["test_accuracy_mean"]):.1f} ± {100 * float(mine[m]["test_accuracy_std"]):.1f}'
+             if m in mine else '—' for m in names]
+    lines.append(f'| {sizes.pop()} ({fraction:g}) | ' + ' | '.join(cells) + ' |')
+  return lines
 
 
 def write_outputs(runs: list[dict], outdir: Path) -> None:

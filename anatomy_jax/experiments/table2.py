@@ -7,8 +7,9 @@ Each network (default: every registered one) trains in DIR/<model> with configs/
 (the same for all), then its
 best-by-validation checkpoint is evaluated on the test split. Writes DIR/table2.csv and DIR/table2.md: runtime,
 validation loss and accuracy, test accuracy with its 95% interval, macro-F1, macro AUC, parameters and
-training images/s, next to the paper's runtime, losses and accuracies. Finished runs are not redone, so the
-command can be rerun after an interruption.
+training images/s, next to the paper's runtime, losses and accuracies, and the full commit each run was trained
+at. Finished runs are not redone, so the command can be rerun after an interruption. The README's and
+docs/results.md's Table II are rendered from a table2.csv by `experiments.tables`.
 """
 
 from pathlib import Path
@@ -33,7 +34,7 @@ def define_flags():
 
 COLUMNS = ['model', 'runtime_s', 'val_loss', 'val_accuracy', 'test_accuracy', 'test_ci95_low', 'test_ci95_high',
            'macro_f1', 'macro_auc', 'num_params', 'train_images_per_s', 'epochs', 'train_size',
-           'paper_runtime_s', 'paper_val_loss', 'paper_val_accuracy', 'paper_test_accuracy']
+           'paper_runtime_s', 'paper_val_loss', 'paper_val_accuracy', 'paper_test_accuracy', 'git_commit']
 
 
 def row_for(model: str, workdir: Path, results: dict) -> dict:
@@ -50,12 +51,24 @@ def row_for(model: str, workdir: Path, results: dict) -> dict:
       'epochs': config['num_epochs'], 'train_size': results['split_sizes']['train'],
       'paper_runtime_s': paper.get('runtime_s'), 'paper_val_loss': paper.get('val_loss'),
       'paper_val_accuracy': paper.get('val_accuracy'), 'paper_test_accuracy': paper.get('test_accuracy'),
+      # The full commit the run was trained at ('+dirty': uncommitted changes), as its results.json records it.
+      'git_commit': results['provenance'].get('git_commit', 'unknown'),
   }
 
 
 def write_tables(rows: list[dict], outdir: Path, note: str = '') -> tuple[Path, Path]:
   csv_path, md_path = outdir / 'table2.csv', outdir / 'table2.md'
   files.write_csv(csv_path, rows, COLUMNS)
+  lines = markdown_table(rows)
+  if note:
+    lines += ['', note]
+  files.write_text(md_path, '\n'.join(lines) + '\n')
+  return csv_path, md_path
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+  """Table II's markdown lines (the README's and docs/results.md's, through `experiments.tables`). Paper
+  figures are printed as given (None: a dash)."""
   lines = ['| model | runtime (s) | val loss | val acc (%) | test acc (%) [95% CI] | macro-F1 | AUC | params | '
            'train img/s | paper: runtime (s) / val loss / val acc / test acc |',
            '|---|---|---|---|---|---|---|---|---|---|']
@@ -67,10 +80,7 @@ def write_tables(rows: list[dict], outdir: Path, note: str = '') -> tuple[Path, 
         f'{r["test_accuracy"]:.2f} [{r["test_ci95_low"]:.2f}, {r["test_ci95_high"]:.2f}] | {r["macro_f1"]:.4f} | '
         f'{r["macro_auc"]:.4f} | {r["num_params"]:,} | {r["train_images_per_s"]:.0f} | '
         f'{paper} |')
-  if note:
-    lines += ['', note]
-  files.write_text(md_path, '\n'.join(lines) + '\n')
-  return csv_path, md_path
+  return lines
 
 
 def measured_note(variant: str = '', overrides=()) -> str:
