@@ -169,3 +169,20 @@ def test_help_says_what_the_program_does():
   out = run_program('anatomy_jax.experiments.tables', '-h', timeout=300)
   assert out.returncode == 0 and out.stdout.startswith('The tables in README.md'), out.stdout[:200]
   assert '--check' in out.stdout
+
+
+def test_cross_validation_rows_come_from_cv_json(tmp_path):
+  folds = [{'accuracy': a, 'macro_f1': 0.5, 'case_accuracy': 0.7, 'case_pooled_accuracy': p, 'train_seconds': 100.0}
+           for a, p in ((0.7, 0.8), (0.8, 0.9))]
+  cv = {'setup': {'config': 'configs/own_images.py', 'folds': 5, 'members': 3, 'tta': True, 'checkpoint': 'latest'},
+        'folds': folds, 'mean': {'accuracy': 0.75, 'macro_f1': 0.5, 'case_accuracy': 0.7, 'case_pooled_accuracy': 0.85,
+                                 'train_seconds': 100.0},
+        'std': {'accuracy': 0.0707, 'macro_f1': 0.0, 'case_accuracy': 0.0, 'case_pooled_accuracy': 0.0707},
+        'provenance': {'git_commit': COMMIT}}
+  path = tmp_path / 'results' / 'cv.json'
+  path.parent.mkdir()
+  path.write_text(json.dumps(cv))
+  lines = tables.render_cv([path], tmp_path)
+  assert lines[2] == ('| `own_images.py`, ensemble of 3, TTA, last checkpoint | 2 of 5 | 75.0 ± 7.1 | 85.0 ± 7.1 | '
+                      '70.0 ± 0.0 | 0.500 ± 0.000 | 100 |')
+  assert lines[-1] == f'Source: `results/cv.json`, measured at commit `{COMMIT}`.'

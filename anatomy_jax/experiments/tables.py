@@ -10,7 +10,8 @@ A generated table sits between two marker lines that name what renders it and th
   <!-- end generated -->
 
 Renderers: `table2` (experiments/table2.py's table from table2.csv), `learning_curve` (learning_curve.csv),
-`speed` (the benchmark's `--table` from bench_*.json, in the order the marker names them). Only the text
+`speed` (the benchmark's `--table` from bench_*.json, in the order the marker names them), `cv` (one row per
+cross-validation's cv.json, experiments/cross_validate.py). Only the text
 between the markers is written; the prose around it is the author's. The commit line shows each file's
 commit as the file records it, never cut: '+dirty' (uncommitted changes) is said in words, and so is a
 12-character commit (which hid whether the tree was dirty) or none at all.
@@ -114,7 +115,37 @@ def render_speed(sources: list[Path], root: Path) -> list[str]:
   return speed.markdown_table(records).splitlines() + ['', commit_line(recorded)]
 
 
-RENDERERS = {'table2': render_table2, 'learning_curve': render_learning_curve, 'speed': render_speed}
+def _cv_label(setup: dict) -> str:
+  members, parts = setup.get('members', 1), [f'`{Path(setup["config"]).name}`']
+  if members > 1:
+    parts.append(f'ensemble of {members}')
+  if setup.get('tta'):
+    parts.append('TTA')
+  parts.append('last checkpoint' if setup.get('checkpoint') == 'latest' else 'best checkpoint')
+  return ', '.join(parts)
+
+
+def render_cv(sources: list[Path], root: Path) -> list[str]:
+  """One row per cross-validation: mean +- std over its folds (fractions shown as %)."""
+  def pct(cv, key):
+    mean, std = cv['mean'].get(key), cv['std'].get(key)
+    return '—' if mean is None else f'{100 * mean:.1f}' + ('' if std is None else f' ± {100 * std:.1f}')
+  lines = ['| recipe | folds | accuracy (%) | case-pooled accuracy (%) | per-case accuracy (%) | macro-F1 | '
+           'train time per fold (s) |', '|---|---|---|---|---|---|---|']
+  recorded = {}
+  for path in sources:
+    cv = json.loads(path.read_text())
+    setup, f1 = cv['setup'], cv['mean']['macro_f1']
+    f1_std = cv['std'].get('macro_f1')
+    lines.append(f'| {_cv_label(setup)} | {len(cv["folds"])} of {setup["folds"]} | {pct(cv, "accuracy")} | '
+                 f'{pct(cv, "case_pooled_accuracy")} | {pct(cv, "case_accuracy")} | '
+                 f'{f1:.3f}{"" if f1_std is None else f" ± {f1_std:.3f}"} | {cv["mean"]["train_seconds"]:.0f} |')
+    recorded[f'`{path.relative_to(root)}`'] = (cv.get('provenance') or {}).get('git_commit')
+  return lines + ['', commit_line(recorded)]
+
+
+RENDERERS = {'table2': render_table2, 'learning_curve': render_learning_curve, 'speed': render_speed,
+             'cv': render_cv}
 
 
 def blocks(path: Path) -> list[tuple[str, list[str], int, int]]:
