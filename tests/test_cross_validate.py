@@ -166,10 +166,14 @@ def test_pool_by_case_gives_every_image_its_cases_mean():
   np.testing.assert_allclose(pooled, [[0.6, 0.4], [0.2, 0.8], [0.6, 0.4], [0.6, 0.4]], rtol=1e-6)
 
 
-def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path):
+def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path, monkeypatch):
   root = make_case_folder(tmp_path / 'cases', cases_per_class=4)
   out = tmp_path / 'cv'
   overrides = [f'data_dir={tmp_path / "tfds"}', 'folder.image_size=28', GROUPS, 'num_epochs=1', 'plots=False']
+  # The patterns are too easy for test-time augmentation to change an answer: make it answer otherwise (the
+  # next class), so that the figures show which answers they count.
+  tta = inference.Run.predict_tta
+  monkeypatch.setattr(inference.Run, 'predict_tta', lambda self, *a, **k: np.roll(tta(self, *a, **k), 1, axis=-1))
   cv = cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=2, tta=True,
                                           checkpoint='latest')
   assert cv['complete'] and cv['setup']['members'] == 2 and cv['setup']['tta']
@@ -191,6 +195,12 @@ def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path):
     assert row['case_pooled_accuracy'] == pytest.approx(float((pooled.argmax(-1) == labels).mean()))
     assert row['train_seconds'] == pytest.approx(sum(json.loads((d / 'results.json').read_text())['train_seconds']
                                                      for d in dirs))
+  # The pooled figures are the rows' (test-time augmented) ones, every image counted once.
+  reports = [json.loads((out / f'fold_{k}' / 'eval_test.json').read_text()) for k in range(2)]
+  assert all(r['tta']['confusion_matrix'] != r['confusion_matrix'] for r in reports)
+  assert cv['confusion_matrix'] == np.sum([r['tta']['confusion_matrix'] for r in reports], axis=0).tolist()
+  images = sum(r['test_images'] for r in cv['folds'])
+  assert cv['pooled']['accuracy'] == pytest.approx(sum(r['accuracy'] * r['test_images'] for r in cv['folds']) / images)
   md = (out / 'cv.md').read_text()
   assert 'an ensemble of 2 runs' in md and 'test-time augmentation' in md and 'last checkpoint' in md
   with pytest.raises(UserError, match='members'):

@@ -221,7 +221,7 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
         raise UserError(f'{workdir} was trained on classes {results[-1]["class_names"]}, fold 0 on {class_names}.')
     report = evaluate_fold(workdirs, results, tta, checkpoint)
     rows.append(fold_row(k, results, report, tta))
-    confusions.append(np.array(report['confusion_matrix']))
+    confusions.append(np.array((report['tta'] if tta else report)['confusion_matrix']))  # The rows' figures'.
     write_report(outdir, {k_: v for k_, v in setup.items() if k_ != 'resolved_config'}, rows,
                  summarize(rows, confusions), class_names)  # After each fold: a cut run keeps what it finished.
   return files.read_json(outdir / 'cv.json')
