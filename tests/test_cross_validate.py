@@ -206,3 +206,11 @@ def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path, monkeypat
   with pytest.raises(UserError, match='members'):
     cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=3, tta=True,
                                         checkpoint='latest')
+
+
+def test_an_outdir_from_before_members_tta_and_checkpoint_resumes_with_their_defaults(tmp_path):
+  old = {'config': 'c.py', 'folds': 5, 'manual_dir': '/d', 'overrides': [], 'resolved_config': {}}
+  (tmp_path / cross_validate.SETUP_FILE).write_text(json.dumps(old))
+  cross_validate.check_setup(tmp_path, {**old, 'members': 1, 'tta': False, 'checkpoint': 'best'})
+  with pytest.raises(UserError, match='members differ'):
+    cross_validate.check_setup(tmp_path, {**old, 'members': 3, 'tta': False, 'checkpoint': 'best'})

@@ -38,6 +38,7 @@ FLAGS = flags.FLAGS
 SETUP_FILE = 'cv_setup.json'
 FIXED_FIELDS = ('dataset', 'manual_dir', 'folder.num_folds', 'folder.fold')  # Set by this program's flags.
 RUNNING_FIELDS = ('data_dir', 'compilation_cache_dir', 'log_every_steps', 'log_every_seconds', 'plots')
+SETUP_DEFAULTS = {'members': 1, 'tta': False, 'checkpoint': 'best'}
 FIGURES = ('accuracy', 'macro_f1', 'case_accuracy', 'case_pooled_accuracy')  # Averaged over folds (fractions).
 
 
@@ -69,6 +70,7 @@ def check_setup(outdir: Path, setup: dict) -> None:
   if saved is None:
     files.write_json(path, setup)
     return
+  saved = {**SETUP_DEFAULTS, **saved}  # An OUT made before these flags existed was made with their defaults.
   differing = sorted(k for k in set(saved) | set(setup) if saved.get(k) != setup.get(k))
   if differing:
     raise UserError(f'{outdir} holds a cross-validation made with other settings ({", ".join(differing)} differ; '
