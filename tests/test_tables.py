@@ -55,11 +55,14 @@ def test_readme_and_docs_tables_agree_with_results():
   found = {(str(p.relative_to(ROOT)), name, ' '.join(sources))
            for p in tables.documents(ROOT) for name, sources, _, _ in tables.blocks(p)}
   bench = ' '.join(f'results/cpu/bench_{m}.json' for m in ('lenet', 'proposed', 'alexnet', 'googlenet'))
+  cv = ' '.join(f'results/cpu/medpix5_cv/{name}.json'
+                for name in ('recommended', 'last_checkpoint', 'one_run_tta_last', 'one_run', 'paper_protocol'))
   # The tables known to come from results/ are marked (a lost marker would make the check below pass vacuously).
   assert {('README.md', 'table2', 'results/cpu/table2.csv'),
           ('docs/results.md', 'table2', 'results/cpu/table2.csv'),
           ('docs/results.md', 'learning_curve', 'results/cpu/learning_curve.csv'),
-          ('docs/results.md', 'speed', bench)} <= found
+          ('docs/results.md', 'speed', bench),
+          ('docs/own_images.md', 'cv', cv), ('docs/results.md', 'cv', cv)} <= found
   differing = tables.regenerate(ROOT, write=False)
   assert not differing, '\n'.join(diff for _, _, diff in differing) + \
       '\nRun python -m anatomy_jax.experiments.tables to rewrite them from results/.'
