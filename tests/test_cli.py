@@ -32,7 +32,8 @@ def test_every_program_has_help_that_exits_zero(module):
      "comment, is in configs/default.py; a network's options are under model_kwargs."),
     (['--config=configs/nonexistent.py', '--workdir=W'],
      'error: --config=configs/nonexistent.py: no such config file. The configs: configs/alexnet.py, '
-     'configs/googlenet.py, configs/lenet.py, configs/own_images.py, configs/proposed.py'),
+     'configs/googlenet.py, configs/lenet.py, configs/own_images.py, configs/own_images_source.py, '
+     'configs/proposed.py'),
     (['--config=configs/proposed.py:tinny', '--workdir=W'],
      "error: --config=configs/proposed.py:tinny: unknown config variant 'tinny'; valid: quick, tiny."),
     (['--config=configs/proposed.py'], 'error: --workdir is required.'),
