@@ -46,12 +46,20 @@ def read_groups(config, root: Path, paths: list[Path]) -> list[str | None]:
     pattern = compile_group_regex(config.group_regex)
     out = []
     for r in rel:
-      m = pattern.search(r)
-      if not m:
+      case = match_case(pattern, r)
+      if case is None:
         raise UserError(f'folder.group_regex {config.group_regex!r} does not match {r}.')
-      out.append(m.group(1) if m.groups() else m.group(0))
+      out.append(case)
     return out
   return [None] * len(paths)
+
+
+def match_case(pattern: re.Pattern, text: str) -> str | None:
+  """The case a group regex finds in `text`: its first group, or the whole match; None where it finds none."""
+  m = pattern.search(text)
+  if not m:
+    return None
+  return m.group(1) if m.groups() else m.group(0)
 
 
 def compile_group_regex(pattern: str) -> re.Pattern:

@@ -76,10 +76,8 @@ def predict_files(run: inference.Run, paths: list[Path], low_confidence: float =
 
 
 def case_of(path: Path, pattern) -> str:
-  m = pattern.search(str(path))
-  if not m:
-    return f'file:{path}'  # Its own case.
-  return m.group(1) if m.groups() else m.group(0)
+  case = cases.match_case(pattern, str(path))
+  return f'file:{path}' if case is None else case  # Unmatched: its own case.
 
 
 def column(class_name: str) -> str:

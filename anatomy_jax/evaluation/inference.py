@@ -90,7 +90,7 @@ class Ensemble:
   def predict(self, images: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
     """{'logits': log of the averaged probabilities} (auxiliary heads are not averaged)."""
     probs = np.mean([scores.softmax(r.predict(images, batch_size)['logits']) for r in self.runs], axis=0)
-    return {'logits': np.log(np.maximum(probs, 1e-30))}
+    return {'logits': scores.log_probs(probs)}
 
   def predict_tta(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.mean([r.predict_tta(images, batch_size) for r in self.runs], axis=0)

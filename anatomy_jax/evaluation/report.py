@@ -113,21 +113,17 @@ def evaluate(run: inference.Run, images: np.ndarray, labels: np.ndarray, groups:
     add_case_figures(report, scores.softmax(outs['logits']), labels, groups, run.class_names)
   if tta:
     probs = run.predict_tta(images)
-    report['tta'] = scores.classification_report(log(probs), labels, run.class_names)
+    report['tta'] = scores.classification_report(scores.log_probs(probs), labels, run.class_names)
     if known:
       add_case_figures(report['tta'], probs, labels, groups, run.class_names)
   return report
-
-
-def log(probs: np.ndarray) -> np.ndarray:
-  return np.log(np.maximum(probs, 1e-30))
 
 
 def add_case_figures(report: dict, probs: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                      class_names: list[str]) -> None:
   """Per case (majority vote of its images) and case-pooled: each image given its case's mean probabilities."""
   report['per_case'] = scores.case_report(probs, labels, groups)
-  pooled = scores.classification_report(log(scores.pool_by_case(probs, groups)), labels, class_names)
+  pooled = scores.classification_report(scores.log_probs(scores.pool_by_case(probs, groups)), labels, class_names)
   report['case_pooled'] = {k: pooled[k] for k in ('accuracy', 'accuracy_ci95', 'macro_f1', 'confusion_matrix')}
 
 

@@ -90,6 +90,11 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, class_names: l
   }
 
 
+def log_probs(probs: np.ndarray) -> np.ndarray:
+  """Probabilities back to logits (up to a constant), for the reports that take logits; 0 stays finite."""
+  return np.log(np.maximum(probs, 1e-30))
+
+
 def pool_by_case(probs: np.ndarray, groups: np.ndarray) -> np.ndarray:
   """Every image's class probabilities replaced by the mean over its case's images: one answer per case, given to
   each of its images (the label belongs to the case, and its images are views of it)."""
