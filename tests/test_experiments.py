@@ -67,7 +67,8 @@ def test_table2_runner_with_a_fifth_network(setup):
   out = root / 'table2'
   rows = table2.run_table2(out, None, 'tiny', overrides)
   table = read_csv(out / 'table2.csv')
-  assert [r['model'] for r in table] == ['lenet', 'alexnet', 'googlenet', 'proposed', 'resnet', 'resnet64', 'tiny5']
+  assert [r['model'] for r in table] == ['lenet', 'alexnet', 'googlenet', 'proposed', 'resnet', 'resnet64', 'resnet96',
+                                                'tiny5']
   for r in table:
     results = json.loads((out / r['model'] / 'results.json').read_text())
     # The table's figures are the run's (the trainer's own evaluation; the table's comes through `evaluate`).

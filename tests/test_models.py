@@ -74,6 +74,7 @@ EXPECTED_PARAMS = {
     'proposed': proposed_params,
     'resnet': resnet_params,
     'resnet64': resnet_params,  # The same layers at 64x64 (a global average before the classifier).
+    'resnet96': resnet_params,  # And at 96x96.
 }
 
 
@@ -108,7 +109,8 @@ def test_parameter_count(name, channels, classes):
 
 
 @pytest.mark.parametrize('name,size', [('lenet', 28), ('alexnet', 227), ('googlenet', 224), ('proposed', 227),
-                                       ('resnet', 128), ('resnet64', 64)])
+                                       ('resnet', 128), ('resnet64', 64),
+                                       ('resnet96', 96)])
 @pytest.mark.parametrize('channels', [1, 3])
 def test_output_shapes(name, size, channels):
   model = get_model(name, num_classes=6)

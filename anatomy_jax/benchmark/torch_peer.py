@@ -102,10 +102,10 @@ def _layers(num_classes: int, channels: int):
         Block(32, 32, 1), Block(32, 64, 2), Block(64, 128, 2), Block(128, 256, 2), nn.AdaptiveAvgPool2d(1),
         nn.Flatten(), nn.Dropout(0.2), nn.Linear(256, num_classes))
   return {'lenet': lenet, 'alexnet': alexnet, 'googlenet': GoogLeNet, 'proposed': proposed, 'resnet': resnet,
-          'resnet64': resnet}  # The same layers: the network ends in a global average.
+          'resnet64': resnet, 'resnet96': resnet}  # The same layers: the network ends in a global average.
 
 
-PEERS = ('lenet', 'alexnet', 'googlenet', 'proposed', 'resnet', 'resnet64')  # The names `_layers` builds.
+PEERS = ('lenet', 'alexnet', 'googlenet', 'proposed', 'resnet', 'resnet64', 'resnet96')  # The names `_layers` builds.
 
 
 def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats: int = 5,
