@@ -50,6 +50,7 @@ def merge(fresh, source, head, same_classes: bool) -> tuple[dict, list[str]]:
   merged = jax.tree_util.tree_map_with_path(pick, fresh)
   if mismatched:
     raise UserError(f'The source run\'s parameters do not fit this network ({len(mismatched)} differ: '
-                    f'{"; ".join(mismatched[:4])}). Fine-tuning needs the same network and options and the same '
-                    'number of input channels (config.folder.channels); only the classes may differ.')
+                    f'{"; ".join(mismatched[:4])}). Fine-tuning needs the same parameters: the same '
+                    'network and options (or one that differs only in input size, as resnet64 and resnet96) and the '
+                    'same number of input channels (config.folder.channels); only the classes may differ.')
   return merged, kept

@@ -435,12 +435,13 @@ def start_from(config, data: Data, programs: Programs) -> tuple[steps.TrainState
   source, parallel = Path(config.init_from).expanduser(), programs.parallel
   run = (checkpoints.load_trained(source.parent.parent, source.name) if source.name in ('best', 'latest')
          and source.parent.name == 'checkpoints' else checkpoints.load_trained(source, 'best'))
-  if run.config.model != config.model:
-    raise UserError(f'config.init_from={config.init_from}: that run trained {run.config.model!r}, this one trains '
-                    f'{config.model!r}; fine-tuning needs the same network.')
   state = parallel.to_host(parallel.first(programs.init()))
   same = run.class_names == data.dataset.class_names
-  params, fresh = finetune.merge(state.params, run.params, programs.head, same)
+  try:  # Another network is fine when its parameters are these (resnet64's for resnet96: other input size only).
+    params, fresh = finetune.merge(state.params, run.params, programs.head, same)
+  except UserError as e:
+    raise UserError(f'config.init_from={config.init_from}: that run trained {run.config.model!r}, this one trains '
+                    f'{config.model!r}. {e}') from None
   logging.info('Starting %s from %s (step %d, classes %s)%s.', config.model, run.workdir, run.step,
                run.class_names, '' if same else f'; classifiers initialised afresh: {", ".join(fresh)}')
   origin = {'workdir': str(Path(run.workdir).absolute()), 'checkpoint_step': run.step,
