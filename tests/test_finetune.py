@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from anatomy_jax import data as data_lib
+from anatomy_jax.core.errors import UserError
 from anatomy_jax.data import cases as cases_lib, pipeline
 from anatomy_jax.data.preprocess import Preprocess
 from anatomy_jax.evaluation import inference, report as evaluation, scores
@@ -45,6 +46,24 @@ def test_start_from_a_run_with_other_classes(source, tmp_path):
       np.testing.assert_array_equal(value, theirs[name])  # The source's, bit for bit.
   assert origin['reinitialised'] == ['ip2/bias', 'ip2/kernel']
   assert origin['source_classes'] == ['c0', 'c1', 'c2'] and origin['checkpoint_step'] == 5
+
+
+def test_start_from_another_network_with_the_same_parameters(source, tmp_path):
+  # resnet96 is resnet64 at another input size: its MedNIST run starts it, every parameter taken bit for bit.
+  src = tmp_path / 'resnet64'
+  train.train_and_evaluate(tiny_config('resnet64', '', '', num_epochs=1, compilation_cache_dir=''), str(src),
+                           synthetic_dataset(n_train=16, n_val=4, n_test=4, size=64))
+  config = tiny_config('resnet96', '', '', num_epochs=1, init_from=str(src), compilation_cache_dir='')
+  data, programs = train.build(config, synthetic_dataset(n_train=16, n_val=4, n_test=4, size=96, seed=1))
+  state, origin = train.start_from(config, data, programs)
+  got, theirs = leaves(state.params), leaves(inference.load_run(src).params)
+  assert got.keys() == theirs.keys() and all(np.array_equal(got[k], theirs[k]) for k in got)
+  assert origin['reinitialised'] == []  # The same three classes: the classifier too.
+  # A network whose parameters differ is refused, naming both networks.
+  config = tiny_config('resnet64', '', '', num_epochs=1, init_from=str(source), compilation_cache_dir='')
+  data, programs = train.build(config, synthetic_dataset(n_train=16, n_val=4, n_test=4, size=64))
+  with pytest.raises(UserError, match="that run trained 'lenet', this one trains 'resnet64'.*do not fit"):
+    train.start_from(config, data, programs)
 
 
 def test_same_classes_keep_the_classifier_and_a_frozen_body_stays_put(source, tmp_path):
