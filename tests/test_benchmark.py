@@ -1,14 +1,16 @@
-"""The benchmark in its tiny setting (every figure present, finite, positive: speed is not asserted) and the
-FLOP count against a hand count."""
+"""The benchmark in its tiny setting (every figure present, finite, positive: speed is not asserted), the FLOP
+count against a hand count, and the per-layer profile's rows, JSON and table."""
 
 import json
 import math
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from anatomy_jax import models
-from anatomy_jax.benchmark import flops
+from anatomy_jax.benchmark import flops, profile, torch_peer
+from anatomy_jax.models import summary
 from conftest import run_program
 
 
@@ -59,3 +61,56 @@ def test_benchmark_tiny_runs_and_writes_json(image_folder, tmp_path):
   assert table.returncode == 0, table.stderr[-3000:]
   row = table.stdout.strip().splitlines()[-1]
   assert row.startswith('| proposed |') and f'{r["train_step"]["images_per_s"]:.1f}' in row
+
+
+def test_profile_layers_match_the_peer_lists():
+  # Traced for shapes only: each network's top-level layers, named, are the JAX side of its PEER_LAYERS list.
+  for name, pairs in profile.PEER_LAYERS.items():
+    model = models.get_model(name, num_classes=3)
+    shape = (model.input_size, model.input_size, 1)
+    params = summary.abstract_variables(model, shape)['params']
+    calls = profile.jax_layers(model, params, jax.ShapeDtypeStruct((1,) + shape, jnp.float32), concrete=False)
+    assert [c.name for c in calls] == [j for j, _ in pairs if j], name
+  lenet = [j for j, _ in profile.PEER_LAYERS['lenet']]
+  assert lenet == ['conv1', 'pool1', 'conv2', 'pool2', 'flatten1', 'ip1', 'relu1', 'ip2']
+
+
+def test_profile_tiny_lenet_through_the_cli(image_folder, tmp_path):
+  out = tmp_path / 'prof.json'
+  proc = run_program(
+      'anatomy_jax.benchmark', '--config=configs/lenet.py:tiny', '--config.dataset=folder',
+      f'--config.manual_dir={image_folder}', f'--config.data_dir={tmp_path / "tfds"}', '--config.folder.image_size=64',
+      '--profile', '--steps=1', '--repeats=1', f'--output={out}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(out.read_text())
+  names = ['conv1', 'pool1', 'conv2', 'pool2', 'flatten1', 'ip1', 'relu1', 'ip2']
+  assert [row['layer'] for row in r['rows']] == names
+  assert r['rows'][0]['output_shape'] == [8, 24, 24, 20] and r['rows'][-1]['output_shape'] == [8, 3]
+  for row in r['rows']:
+    assert row['jax']['forward_ms'] > 0 and row['jax']['backward_ms'] > 0
+    if 'skipped' not in r['torch']:  # torch is not a dependency: its columns are there where it is installed.
+      assert row['torch']['forward_ms'] > 0 and row['torch']['backward_ms'] > 0 and row['ratio'] > 0
+      assert row['torch_layer'] == str(names.index(row['layer']))
+  assert r['jax_step_ms'] > 0 and r['batch_size'] == 8
+  assert r['torch'].get('step_ms', 1) > 0
+  # The table: a header, one line per layer, the sum and the whole steps.
+  lines = [line for line in proc.stdout.splitlines() if line.startswith('| ')]
+  assert lines[0].startswith('| layer | PyTorch layer | output shape | JAX fwd ms | JAX bwd ms |')
+  assert [line.split(' | ')[0][2:] for line in lines[1:-2]] == names
+  assert lines[-2].startswith('| **sum of layers** |') and lines[-1].startswith('| **whole training step** |')
+  assert profile.markdown_table(r) == proc.stdout.strip()  # The same table again from the JSON.
+
+
+def test_profile_peer_layers_get_the_inputs_of_the_jax_layers():
+  torch = pytest.importorskip('torch')  # torch is not a dependency; where it is installed, the lists are checked.
+  for name, pairs in profile.PEER_LAYERS.items():
+    model = models.get_model(name, num_classes=3)
+    shape = (model.input_size, model.input_size, 1)
+    params = summary.abstract_variables(model, shape, batch=2)['params']
+    calls = profile.jax_layers(model, params, jax.ShapeDtypeStruct((2,) + shape, jnp.float32), concrete=False)
+    jax_inputs = {c.name: list(c.input.shape) for c in calls}
+    peer = torch_peer.network(name, 3, 1)
+    paths = [t for _, t in pairs if t]
+    inputs = profile.peer_inputs(peer, paths, torch.zeros(2, 1, model.input_size, model.input_size))
+    assert {j: profile.nhwc(list(inputs[t].shape)) for j, t in pairs if j and t} == {
+        j: jax_inputs[j] for j, t in pairs if j and t}, name

@@ -3,6 +3,7 @@
   python -m anatomy_jax.benchmark --config=configs/proposed.py [--config.FIELD=...] [--output=bench.json]
       [--steps=20] [--repeats=5] [--torch=eager,compile]
   python -m anatomy_jax.benchmark --table bench_*.json      # docs/results.md's markdown table from saved JSON
+  python -m anatomy_jax.benchmark --config=configs/lenet.py --profile [--output=prof.json]   # per layer
 
 Each phase is logged as it starts and when it ends, with its duration (every compilation included). Reports:
 the train step's images/s on batches already on the device (`steps_per_dispatch` steps per call, as training
@@ -18,6 +19,7 @@ is timed at the same batch, and the ratio is taken against the faster peer.
   timing      the median-of-repeats timing both JAX and PyTorch runs use
   flops       FLOPs per image from the layers
   torch_peer  the networks in PyTorch
+  profile     `--profile`: each layer's forward and backward times, JAX beside PyTorch, and the whole steps
 """
 
 MAY_IMPORT = ('core', 'models', 'data', 'training')

@@ -3,6 +3,8 @@
   python -m anatomy_jax.benchmark --config=configs/proposed.py [--config.FIELD=...] [--output=bench.json]
       [--steps=20] [--repeats=5] [--torch=eager,compile]
   python -m anatomy_jax.benchmark --table bench_*.json      # docs/results.md's markdown table from saved JSON
+  python -m anatomy_jax.benchmark --config=configs/lenet.py --profile [--steps=5] [--repeats=3] [--output=prof.json]
+      # per-layer forward and backward times, JAX beside PyTorch (anatomy_jax/benchmark/profile.py)
 
 See anatomy_jax/benchmark/__init__.py for what each figure means. Speed is reported, never asserted.
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
-from anatomy_jax.benchmark import speed, torch_peer
+from anatomy_jax.benchmark import profile, speed, torch_peer
 from anatomy_jax.core import cli, files
 from anatomy_jax.core.errors import UserError
 
@@ -26,6 +28,8 @@ flags.DEFINE_integer('steps', 20, 'Steps per timed run.', lower_bound=1)
 flags.DEFINE_integer('repeats', 5, 'Timed runs (after one warm-up run).', lower_bound=1)
 flags.DEFINE_list('torch', [], f'Also time the PyTorch peer: any of {",".join(torch_peer.MODES)}.')
 flags.DEFINE_bool('table', False, 'Print a markdown table of the JSON files given as arguments, then exit.')
+flags.DEFINE_bool('profile', False, 'Time each layer of one training step on its own, JAX beside PyTorch (steps '
+                  'and repeats per layer), instead of the whole-program figures.')
 
 
 def _read_record(path: str) -> dict:
@@ -42,6 +46,8 @@ def _read_record(path: str) -> dict:
 
 
 def main(args):
+  if FLAGS.table and FLAGS.profile:
+    raise UserError('--table and --profile are two different runs: give one of them.')
   if FLAGS.table:
     if not args:
       raise UserError('--table needs benchmark JSON files as arguments.')
@@ -60,8 +66,14 @@ def main(args):
       raise UserError(f'--output={output} is {"a folder" if output.is_dir() else "not a regular file"}: name the '
                       f'JSON file to write, e.g. --output={output / "bench.json" if output.is_dir() else "bench.json"}.')
     files.check_writable(output.parent, 'output directory', '--output')
-  r = speed.benchmark(FLAGS.config, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
-  print(speed.summary_line(r))
+  if FLAGS.profile:
+    if FLAGS.torch:
+      raise UserError('--profile always times the PyTorch peer eagerly (when torch is installed): drop --torch.')
+    r = profile.profile(FLAGS.config, FLAGS.steps, FLAGS.repeats)
+    print(profile.markdown_table(r))
+  else:
+    r = speed.benchmark(FLAGS.config, FLAGS.steps, FLAGS.repeats, FLAGS.torch)
+    print(speed.summary_line(r))
   if FLAGS.output:
     files.write_json(FLAGS.output, r)
     logging.info('Wrote %s', FLAGS.output)

@@ -2,9 +2,10 @@
 
 Same layers as the Flax modules (Caffe's ceil-mode pooling, LRN, groups, GoogLeNet's aux heads), trained the
 way a PyTorch user would: channels-last memory format, SGD with momentum, bfloat16 autocast when the config
-computes in bfloat16; run eagerly, or under `torch.compile`. `benchmark(config, ...)` times it like the JAX step
-(synthetic batch already on the device, median of timed runs after warm-up). `PEERS` names the networks that
-have a peer; any other is benchmarked without one.
+computes in bfloat16; run eagerly, or under `torch.compile`. `network(name, ...)` builds one (the per-layer
+profile hooks its layers); `benchmark(config, ...)` times it like the JAX step (synthetic batch already on the
+device, median of timed runs after warm-up). `PEERS` names the networks that have a peer; any other is
+benchmarked without one.
 """
 
 from anatomy_jax.benchmark import timing
@@ -54,14 +55,15 @@ def _layers(num_classes: int, channels: int):
         blocks[n] = Inception(cin, *w)
         cin = w[0] + w[2] + w[4] + w[5]
       self.blocks = nn.ModuleDict(blocks)
+      self.pools = nn.ModuleDict({'4a': pool(3, 2), '5a': pool(3, 2)})  # Modules, so the profile can hook them.
       self.aux1, self.aux2 = Aux(512), Aux(528)
       self.head = nn.Sequential(nn.AvgPool2d(7, 1), nn.Flatten(), nn.Dropout(0.4), nn.Linear(1024, num_classes))
 
     def forward(self, x):
       x, aux = self.stem(x), []
       for n, block in self.blocks.items():
-        if n in ('4a', '5a'):
-          x = pool(3, 2)(x)
+        if n in self.pools:
+          x = self.pools[n](x)
         x = block(x)
         if n == '4a' and self.training:
           aux.append(self.aux1(x))
@@ -108,6 +110,14 @@ def _layers(num_classes: int, channels: int):
 PEERS = ('lenet', 'alexnet', 'googlenet', 'proposed', 'resnet', 'resnet64', 'resnet96')  # The names `_layers` builds.
 
 
+def network(name: str, num_classes: int, channels: int, device: str = 'cpu'):
+  """The peer of network `name` (one of PEERS) as `benchmark` trains it: on `device`, channels-last, in
+  training mode."""
+  import torch
+  model = _layers(num_classes, channels)[name]().to(device).to(memory_format=torch.channels_last)
+  return model.train()
+
+
 def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats: int = 5,
               mode: str = 'eager') -> dict:
   """Training images/s of the PyTorch peer at the config's batch, size and precision, run eagerly or under
@@ -119,8 +129,7 @@ def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats:
   if config.model not in PEERS:
     return {'skipped': f'no PyTorch peer for {config.model!r}'}
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  model = _layers(num_classes, channels)[config.model]().to(device).to(memory_format=torch.channels_last)
-  model.train()
+  model = network(config.model, num_classes, channels, device)
   step_model = torch.compile(model) if mode == 'compile' else model
   opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
   size, bs = config.crop_size, config.batch_size
