@@ -214,3 +214,33 @@ def test_an_outdir_from_before_members_tta_and_checkpoint_resumes_with_their_def
   cross_validate.check_setup(tmp_path, {**old, 'members': 1, 'tta': False, 'checkpoint': 'best'})
   with pytest.raises(UserError, match='members differ'):
     cross_validate.check_setup(tmp_path, {**old, 'members': 3, 'tta': False, 'checkpoint': 'best'})
+
+
+def test_some_folds_here_some_there_merge_into_one_table(tmp_path):
+  root = make_case_folder(tmp_path / 'cases')
+  overrides = [f'data_dir={tmp_path / "tfds"}', 'folder.image_size=28', GROUPS, 'num_epochs=1', 'plots=False']
+  with pytest.raises(UserError, match='only_folds=3'):
+    cross_validate.run_cross_validation(LENET_TINY, 3, root, tmp_path / 'bad', overrides, only_folds=[3])
+  a = cross_validate.run_cross_validation(LENET_TINY, 3, root, tmp_path / 'a', overrides, only_folds=[1])
+  b = cross_validate.run_cross_validation(LENET_TINY, 3, root, tmp_path / 'b', overrides, only_folds=[2, 0])
+  assert [r['fold'] for r in a['folds']] == [1] and not a['complete'] and not (tmp_path / 'a' / 'fold_0').exists()
+  assert '(1 of 3 folds: 1)' in (tmp_path / 'a' / 'cv.md').read_text()
+  cv = cross_validate.merge([tmp_path / 'a' / 'cv.json', tmp_path / 'b' / 'cv.json'], tmp_path / 'all')
+  rows = cv['folds']
+  assert cv['complete'] and [r['fold'] for r in rows] == [0, 1, 2]
+  assert rows == sorted(a['folds'] + b['folds'], key=lambda r: r['fold'])
+  for key in ('accuracy', 'macro_f1', 'case_accuracy', 'case_pooled_accuracy'):
+    assert cv['mean'][key] == pytest.approx(np.mean([r[key] for r in rows]))
+  cm = np.array(cv['confusion_matrix'])
+  assert (cm == np.array(a['confusion_matrix']) + np.array(b['confusion_matrix'])).all()
+  assert cm.sum() == len(list(root.rglob('*.png')))  # Every image once over the merged folds.
+  assert [m['folds'] for m in cv['merged_from']] == [[1], [0, 2]]
+  assert '(merged)' in (tmp_path / 'all' / 'cv.md').read_text()
+  # Parts holding a fold twice, or made with other settings, are refused.
+  with pytest.raises(UserError, match='some folds twice'):
+    cross_validate.merge([tmp_path / 'a' / 'cv.json', tmp_path / 'all' / 'cv.json'], tmp_path / 'x')
+  other = json.loads((tmp_path / 'a' / 'cv.json').read_text())
+  other['setup']['overrides'] = other['setup']['overrides'] + ['seed=1']
+  (tmp_path / 'other.json').write_text(json.dumps(other))
+  with pytest.raises(UserError, match='overrides differ'):
+    cross_validate.merge([tmp_path / 'other.json', tmp_path / 'b' / 'cv.json'], tmp_path / 'x')

@@ -2,6 +2,8 @@
 
   python -m anatomy_jax.experiments.cross_validate --config=configs/own_images.py --folds=5 \\
       --manual_dir=DIR --outdir=OUT [--override=FIELD=VALUE ...] [--members=3] [--tta] [--checkpoint=latest]
+      [--only_folds=3,4]
+  python -m anatomy_jax.experiments.cross_validate --merge=OUT_A/cv.json,OUT_B/cv.json --outdir=OUT
 
 The collection's cases (whichever grouping option the config or an override names: folder.group_regex,
 group_csv or group_by; without one, each image with its identical copies is a case) are dealt into K folds,
@@ -18,6 +20,10 @@ majority vote of a case's images; case-pooled accuracy, every image given its ca
 confusion matrix summed over folds) and OUT/confusion_cv.png, after every
 fold. A rerun resumes: finished folds are not retrained, an unfinished one continues from its checkpoint. OUT
 remembers the config, folds, folder and overrides it was made with and refuses others.
+
+--only_folds trains and tables some of the folds (several machines, or a cut run whose workdirs are gone);
+--merge writes one table from cross-validations of the same setup that hold different folds (their cv.json
+files), recording each part's provenance.
 """
 
 import json
@@ -52,6 +58,9 @@ def define_flags():
   flags.DEFINE_integer('members', 1, 'Runs per fold (seeds config.seed + 0..M-1), evaluated as one ensemble.')
   flags.DEFINE_bool('tta', False, 'Report the figures of test-time augmentation.')
   flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Test each run\'s best-by-validation or last checkpoint.')
+  flags.DEFINE_list('only_folds', [], 'Train and table only these folds (0-based), e.g. 3,4.')
+  flags.DEFINE_list('merge', [], 'cv.json files of the same setup holding different folds: write their one table '
+                    'in --outdir (nothing is trained).')
 
 
 def fold_config(spec: str, folds: int, fold: int, manual_dir: str, overrides: Sequence[str] = ()):
@@ -139,13 +148,18 @@ def _pct(value, std=None) -> str:
   return f'{100 * value:.2f}' + ('' if std is None else f' ± {100 * std:.2f}')
 
 
-def write_report(outdir: Path, setup: dict, rows: list[dict], summary: dict, class_names: list[str]) -> None:
+def write_report(outdir: Path, setup: dict, rows: list[dict], summary: dict, class_names: list[str],
+                 merged_from: list[dict] | None = None) -> None:
   complete = len(rows) == setup['folds']
-  files.write_json(outdir / 'cv.json', {'setup': setup, 'complete': complete, 'class_names': class_names,
-                                        'folds': rows, **summary, 'provenance': provenance.collect()})
+  record = {'setup': setup, 'complete': complete, 'class_names': class_names, 'folds': rows, **summary,
+            'provenance': provenance.collect()}
+  if merged_from:
+    record['merged_from'] = merged_from
+  files.write_json(outdir / 'cv.json', record)
   mean, std, pooled = summary['mean'], summary['std'], summary['pooled']
+  folds_held = ', '.join(str(r['fold']) for r in rows)
   lines = [f'# {setup["folds"]}-fold cross-validation by case' + ('' if complete else
-                                                                   f' ({len(rows)} of {setup["folds"]} folds so far)'),
+                                                                   f' ({len(rows)} of {setup["folds"]} folds: {folds_held})'),
            '', '| fold | test images | test cases | accuracy (%) | macro-F1 | per-case accuracy (%) | '
            'case-pooled accuracy (%) | val accuracy (%) | best epoch | train time (s) |',
            '|---|---|---|---|---|---|---|---|---|---|']
@@ -180,17 +194,21 @@ def write_report(outdir: Path, setup: dict, rows: list[dict], summary: dict, cla
             + f'Config {setup["config"]}, folder {setup["manual_dir"]}, overrides: '
             f'{", ".join(setup["overrides"]) or "none"}; '
             f'{dev["device_count"]} x {dev["device_kind"]} ({dev["backend"]}; {dev["cpu_count"]} cores), code '
-            f'{provenance.git_commit()[:12]}.']
+            + (', '.join(f'{m["provenance"].get("git_commit")} (folds {", ".join(map(str, m["folds"]))})'
+                         for m in merged_from) + ' (merged).' if merged_from else f'{provenance.git_commit()}.')]
   files.write_text(outdir / 'cv.md', '\n'.join(lines) + '\n')
   plots.confusion_matrix(np.array(summary['confusion_matrix']), class_names, outdir / 'confusion_cv.png',
                          title=f'{len(rows)} folds: pooled accuracy {100 * pooled["accuracy"]:.2f}%')
 
 
 def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: Sequence[str] = (), members: int = 1,
-                        tta: bool = False, checkpoint: str = 'best') -> dict:
-  """Train and test every fold (skipping finished runs), then write the tables; returns cv.json's content."""
+                        tta: bool = False, checkpoint: str = 'best', only_folds: Sequence[int] = ()) -> dict:
+  """Train and test every fold, or those in `only_folds` (skipping finished runs), then write the tables;
+  returns cv.json's content."""
   if folds < 2:
     raise UserError(f'--folds={folds}: cross-validation needs at least 2 folds.')
+  if any(not 0 <= k < folds for k in only_folds) or len(set(only_folds)) != len(only_folds):
+    raise UserError(f'--only_folds={",".join(map(str, only_folds))}: distinct fold numbers from 0 to {folds - 1}.')
   if members < 1:
     raise UserError(f'--members={members}: a fold needs at least one run.')
   if not manual_dir or not Path(manual_dir).expanduser().is_dir():
@@ -210,6 +228,8 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
   check_setup(outdir, setup)
   rows, confusions, class_names = [], [], None
   for k, config in enumerate(configs):
+    if only_folds and k not in only_folds:
+      continue
     workdirs = member_dirs(outdir, k, members)
     results = []
     for m, workdir in enumerate(workdirs):
@@ -229,11 +249,54 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
   return files.read_json(outdir / 'cv.json')
 
 
+def merge(paths: Sequence, outdir) -> dict:
+  """One table from cross-validations of the same setup holding different folds (their cv.json files): the
+  folds' rows together, the confusion matrices summed; each part's provenance kept. Returns cv.json's content."""
+  parts = []
+  for path in paths:
+    part = files.read_json(Path(path))
+    if not isinstance(part, dict) or not {'setup', 'folds', 'confusion_matrix', 'class_names'} <= set(part):
+      raise UserError(f'--merge: {path} is not a cv.json written by this program.')
+    parts.append(part)
+  if len(parts) < 2:
+    raise UserError('--merge needs at least two cv.json files.')
+  setups = [{**SETUP_DEFAULTS, **p['setup']} for p in parts]
+  for path, setup, part in zip(paths[1:], setups[1:], parts[1:]):
+    differing = sorted(k for k in set(setups[0]) | set(setup) if setups[0].get(k) != setup.get(k))
+    if differing or part['class_names'] != parts[0]['class_names']:
+      raise UserError(f'--merge: {path} was made with other settings than {paths[0]} '
+                      f'({", ".join(differing or ["class_names"])} differ).')
+  held = [r['fold'] for p in parts for r in p['folds']]
+  if len(set(held)) != len(held):
+    raise UserError(f'--merge: the files hold some folds twice (folds {sorted(held)}); merge disjoint parts.')
+  rows = sorted((r for p in parts for r in p['folds']), key=lambda r: r['fold'])
+  summary = summarize(rows, [np.array(p['confusion_matrix']) for p in parts])
+  merged_from = [{'path': str(Path(path).absolute()), 'folds': [r['fold'] for r in p['folds']],
+                  'provenance': p.get('provenance', {})} for path, p in zip(paths, parts)]
+  outdir = Path(outdir)
+  outdir.mkdir(parents=True, exist_ok=True)
+  write_report(outdir, setups[0], rows, summary, parts[0]['class_names'], merged_from)
+  return files.read_json(outdir / 'cv.json')
+
+
+def _folds(values: Sequence[str]) -> list[int]:
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise UserError(f'--only_folds={",".join(values)}: fold numbers, e.g. --only_folds=3,4.') from None
+
+
 def main():
-  run_cross_validation(FLAGS.config, FLAGS.folds, FLAGS.manual_dir, FLAGS.outdir, FLAGS.override, FLAGS.members,
-                       FLAGS.tta, FLAGS.checkpoint)
+  if FLAGS.merge:
+    merge(FLAGS.merge, FLAGS.outdir)
+  else:
+    for name in ('config', 'manual_dir'):
+      if not FLAGS[name].value:
+        raise UserError(f'--{name} is required (unless --merge is given).')
+    run_cross_validation(FLAGS.config, FLAGS.folds, FLAGS.manual_dir, FLAGS.outdir, FLAGS.override, FLAGS.members,
+                         FLAGS.tta, FLAGS.checkpoint, _folds(FLAGS.only_folds))
   print((Path(FLAGS.outdir) / 'cv.md').read_text())
 
 
 if __name__ == '__main__':
-  cli.run(main, __doc__, define_flags=define_flags, required=('config', 'manual_dir', 'outdir'))
+  cli.run(main, __doc__, define_flags=define_flags, required=('outdir',))
