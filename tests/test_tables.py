@@ -189,3 +189,13 @@ def test_cross_validation_rows_come_from_cv_json(tmp_path):
   assert lines[2] == ('| `own_images.py`, ensemble of 3, TTA, last checkpoint | 2 of 5 | 75.0 ± 7.1 | 85.0 ± 7.1 | '
                       '70.0 ± 0.0 | 0.500 ± 0.000 | 100 |')
   assert lines[-1] == f'Source: `results/cv.json`, measured at commit `{COMMIT}`.'
+  # Overrides that change the recipe are named (not the case grouping or the start run); merged folds name
+  # each part's commit.
+  cv['setup']['overrides'] = ['folder.group_regex=(MPX[0-9]+)_', 'init_from=/x/src', 'class_weights=balanced']
+  cv['merged_from'] = [{'folds': [0, 1], 'provenance': {'git_commit': COMMIT}},
+                       {'folds': [2], 'provenance': {'git_commit': COMMIT[::-1]}}]
+  path.write_text(json.dumps(cv))
+  lines = tables.render_cv([path], tmp_path)
+  assert lines[2].startswith('| `own_images.py` with `class_weights=balanced`, ensemble of 3, TTA, last checkpoint |')
+  assert lines[-1] == (f'Source: `results/cv.json` (folds 0, 1), measured at commit `{COMMIT}`; '
+                       f'`results/cv.json` (folds 2), measured at commit `{COMMIT[::-1]}`.')

@@ -115,8 +115,15 @@ def render_speed(sources: list[Path], root: Path) -> list[str]:
   return speed.markdown_table(records).splitlines() + ['', commit_line(recorded)]
 
 
+CV_PLAIN_OVERRIDES = ('folder.group_regex', 'folder.group_by', 'folder.group_csv', 'init_from', 'data_dir')
+
+
 def _cv_label(setup: dict) -> str:
-  members, parts = setup.get('members', 1), [f'`{Path(setup["config"]).name}`']
+  """The recipe: the config, the overrides that change what is trained (not the case grouping or where the start
+  run lies), the ensemble, TTA and checkpoint."""
+  changes = [o for o in setup.get('overrides', []) if o.split('=', 1)[0].strip() not in CV_PLAIN_OVERRIDES]
+  members = setup.get('members', 1)
+  parts = [f'`{Path(setup["config"]).name}`' + (f' with `{" ".join(changes)}`' if changes else '')]
   if members > 1:
     parts.append(f'ensemble of {members}')
   if setup.get('tta'):
@@ -140,7 +147,12 @@ def render_cv(sources: list[Path], root: Path) -> list[str]:
     lines.append(f'| {_cv_label(setup)} | {len(cv["folds"])} of {setup["folds"]} | {pct(cv, "accuracy")} | '
                  f'{pct(cv, "case_pooled_accuracy")} | {pct(cv, "case_accuracy")} | '
                  f'{f1:.3f}{"" if f1_std is None else f" ± {f1_std:.3f}"} | {cv["mean"]["train_seconds"]:.0f} |')
-    recorded[f'`{path.relative_to(root)}`'] = (cv.get('provenance') or {}).get('git_commit')
+    if cv.get('merged_from'):  # Folds measured apart (cross_validate --merge): each part at its own commit.
+      for part in cv['merged_from']:
+        recorded[f'`{path.relative_to(root)}` (folds {", ".join(map(str, part["folds"]))})'] = \
+            part['provenance'].get('git_commit')
+    else:
+      recorded[f'`{path.relative_to(root)}`'] = (cv.get('provenance') or {}).get('git_commit')
   return lines + ['', commit_line(recorded)]
 
 
