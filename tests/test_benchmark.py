@@ -64,7 +64,9 @@ def test_benchmark_tiny_runs_and_writes_json(image_folder, tmp_path):
 
 
 def test_profile_layers_match_the_peer_lists():
-  # Traced for shapes only: each network's top-level layers, named, are the JAX side of its PEER_LAYERS list.
+  # Traced for shapes only: each network's top-level layers, named, are the JAX side of its PEER_LAYERS list;
+  # every network with a peer has a list.
+  assert set(profile.PEER_LAYERS) == set(torch_peer.PEERS)
   for name, pairs in profile.PEER_LAYERS.items():
     model = models.get_model(name, num_classes=3)
     shape = (model.input_size, model.input_size, 1)

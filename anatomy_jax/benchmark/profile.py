@@ -65,7 +65,7 @@ PEER_LAYERS = {
     'resnet': list(zip(['stem', 'stem_norm', 'relu1', 'pool1', 'stage1_0', 'stage2_0', 'stage3_0', 'stage4_0'],
                        _stage('', 8))) + [(None, '8'), (None, '9'), ('dropout', '10'), ('classifier', '11')],
 }
-PEER_LAYERS['resnet64'] = PEER_LAYERS['resnet']
+PEER_LAYERS['resnet64'] = PEER_LAYERS['resnet96'] = PEER_LAYERS['resnet']
 
 
 def jax_layers(model, params, x, *, concrete: bool = True) -> list[summary.LayerCall]:
