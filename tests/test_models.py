@@ -155,6 +155,84 @@ def test_caffe_pool_padding():
   np.testing.assert_allclose(a[0, 2, 2, 0], 24.0)  # Ragged window averages its one valid element.
 
 
+# Every (window, stride, pad) the networks pool with, on sizes it fits exactly and sizes where Caffe's ceil mode
+# leaves the last window hanging over the edge.
+POOLS = [
+    ((2, 24, 24, 3), 2, 2, 0),  # LeNet's pool1.
+    ((2, 8, 8, 3), 2, 2, 0),  # LeNet's pool2.
+    ((2, 5, 5, 3), 2, 2, 0),  # 2x2/2 hanging over: the last window holds one row/column.
+    ((2, 13, 13, 4), 3, 2, 0),  # AlexNet's and the proposed CNN's 3x3/2, exact (as 55 -> 27, 27 -> 13).
+    ((2, 14, 14, 4), 3, 2, 0),  # 3x3/2 hanging over (the proposed CNN's pool2, GoogLeNet's 112 -> 56).
+    ((2, 12, 12, 4), 3, 2, 0),  # 3x3/2 hanging over by two.
+    ((2, 7, 7, 4), 3, 1, 1),  # GoogLeNet's inception pool: 3x3/1, pad 1.
+    ((2, 6, 6, 4), 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('shape,window,stride,pad', POOLS)
+def test_cpu_max_pool_equals_jax_max_pool_and_its_gradient(monkeypatch, shape, window, stride, pad, dtype):
+  """layers.cpu_max_pool's claim: nn.max_pool's values and, bit for bit, the gradient of JAX's select-and-scatter:
+  ties (ReLU zeros, small integers) go to the first maximum in the window's row-major order, windows of -inf tie
+  with the padding, overlapping windows add up in the same order."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(np.maximum(rng.integers(-3, 3, shape), 0), dtype).at[0, :, :, 0].set(-jnp.inf)
+  padding = layers._pool_padding(x, window, stride, pad)
+  reference = nn.max_pool(x, (window, window), (stride, stride), padding)
+  dy = jnp.asarray(rng.normal(size=reference.shape), dtype)
+  results = {}
+  for cpu in (False, True):
+    monkeypatch.setattr(layers, 'CPU_MAX_POOL', cpu)  # Read at trace time: each pass traces afresh.
+    pool = lambda x: layers.max_pool(x, window, stride, pad)
+    y, vjp = jax.vjp(pool, x)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(pool(x).astype(jnp.float32) * dy)))(x)
+    results[cpu] = y, vjp(dy)[0], grad
+    assert ('select_and_scatter' in str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(pool(x))))(x))) != cpu
+  np.testing.assert_array_equal(results[False][0], reference)
+  for mine, theirs, what in zip(results[True], results[False], ('forward', 'vjp', 'jit(grad)')):
+    np.testing.assert_array_equal(mine, theirs, err_msg=what)  # Equal as values: -0.0 == 0.0.
+
+
+def test_max_pool_uses_cpu_max_pool_on_cpu_only(monkeypatch):
+  monkeypatch.setattr(layers, 'CPU_MAX_POOL', None)
+  grad = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(layers.max_pool(x, 3, 2))))(jnp.ones((1, 7, 7, 1)))
+  assert ('select_and_scatter' in str(grad)) == (jax.default_backend() != 'cpu')
+
+
+def test_lenet_training_steps_equal_with_either_max_pool_gradient(monkeypatch):
+  """LeNet on images that are mostly zero (pooling windows full of ties): the same gradient, bit for bit, through
+  cpu_max_pool as through JAX's own max-pool gradient, and the same parameters after two compiled SGD steps."""
+  model = get_model('lenet', num_classes=10)
+  rng = np.random.default_rng(0)
+  x = np.zeros((8, 28, 28, 1), np.float32)
+  x[:, 8:20, 8:20] = np.maximum(rng.integers(-2, 4, (8, 12, 12, 1)), 0)
+  x, labels = jnp.asarray(x), jnp.asarray(rng.integers(0, 10, 8))
+  params0 = model.init(jax.random.key(0), x, train=False)['params']
+
+  def loss(params, x):
+    logits = model.apply({'params': params}, x, train=True)['logits']
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+  grads, compiled, trained = {}, {}, {}
+  for cpu in (False, True):
+    monkeypatch.setattr(layers, 'CPU_MAX_POOL', cpu)
+    grads[cpu] = jax.grad(loss)(params0, x)  # Op by op.
+    compiled[cpu] = jax.jit(jax.grad(loss))(params0, x)
+    step = jax.jit(lambda p, x: jax.tree_util.tree_map(lambda w, g: w - 0.1 * g, p, jax.grad(loss)(p, x)))
+    trained[cpu] = step(step(params0, x), x + 1)
+  for mine, theirs in zip(jax.tree_util.tree_leaves(grads[True]), jax.tree_util.tree_leaves(grads[False])):
+    np.testing.assert_array_equal(mine, theirs)
+  # Compiled, XLA fuses each convolution's bias gradient (a sum over batch and pixels) into the op that made its
+  # input, select-and-scatter or cpu_max_pool's loop, and the two fused sums add in different orders (measured:
+  # 1e-8 apart); the kernel gradients stay bit for bit equal.
+  for layer in compiled[True]:
+    np.testing.assert_array_equal(compiled[True][layer]['kernel'], compiled[False][layer]['kernel'], err_msg=layer)
+    np.testing.assert_allclose(compiled[True][layer]['bias'], compiled[False][layer]['bias'], rtol=1e-5, atol=1e-8)
+  for mine, theirs in zip(jax.tree_util.tree_leaves(trained[True]), jax.tree_util.tree_leaves(trained[False])):
+    np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-8)
+  assert not np.array_equal(trained[True]['conv1']['kernel'], params0['conv1']['kernel'])
+
+
 def lrn_numpy(x, n=5, alpha=1e-4, beta=0.75, k=1.0):
   """The LRN formula written out channel by channel, with the window cut off at the edges."""
   out = np.empty_like(x)
