@@ -271,7 +271,7 @@ def merge(paths: Sequence, outdir) -> dict:
     raise UserError(f'--merge: the files hold some folds twice (folds {sorted(held)}); merge disjoint parts.')
   rows = sorted((r for p in parts for r in p['folds']), key=lambda r: r['fold'])
   summary = summarize(rows, [np.array(p['confusion_matrix']) for p in parts])
-  merged_from = [{'path': str(Path(path).absolute()), 'folds': [r['fold'] for r in p['folds']],
+  merged_from = [{'path': str(path), 'folds': [r['fold'] for r in p['folds']],
                   'provenance': p.get('provenance', {})} for path, p in zip(paths, parts)]
   outdir = Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
