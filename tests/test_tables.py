@@ -88,14 +88,14 @@ def test_a_changed_figure_in_results_is_named_and_rewritten(tmp_path):
   error = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
   assert len(error) == 1 and 'README.md: table table2 differs' in error[0] and \
       'docs/results.md: table table2 differs' in error[0], out.stderr[-2000:]
-  assert '+| googlenet | 753 | 0.282 | 93.26 | 91.48 [86.31, 93.02]' in out.stdout
+  assert '+| googlenet | 778 | 0.282 | 93.26 | 91.48 [86.31, 93.02]' in out.stdout
   assert '90.16 [86.31' in (root / 'README.md').read_text()  # --check changes nothing.
 
   out = run_program('anatomy_jax.experiments.tables', f'--root={root}', timeout=300)
   assert out.returncode == 0 and 'Rewrote README.md: table table2.' in out.stdout, out.stderr[-2000:]
   for path in (root / 'README.md', root / 'docs/results.md'):
     text = path.read_text()
-    assert '| googlenet | 753 | 0.282 | 93.26 | 91.48 [86.31, 93.02] |' in text and '90.16 [86.31' not in text
+    assert '| googlenet | 778 | 0.282 | 93.26 | 91.48 [86.31, 93.02] |' in text and '90.16 [86.31' not in text
   assert {p: outside_blocks(p) for p in tables.documents(root)} == prose  # Only the blocks were written.
   assert tables.regenerate(root, write=False) == []
 
@@ -127,10 +127,11 @@ def test_commits_are_shown_as_recorded():
   assert '`e52b0d15090f` as recorded (cut to 12 characters, which hides whether the tree had uncommitted changes)' \
       in tables.commit_line({'`t.csv`': 'e52b0d15090f'})
   assert tables.commit_line({'`c.csv`': None}) == 'Source: `c.csv`, which records no commit.'
-  # The real files: the benchmarks' dirty tree and Table II's cut commit appear in full as recorded.
-  speed = (ROOT / 'docs/results.md').read_text()
-  assert f'measured at `{COMMIT}+dirty`: the tree had uncommitted changes' in speed
-  assert 'measured at `e52b0d15090f` as recorded' in (ROOT / 'README.md').read_text()
+  # The real files: the speed table and Table II, re-measured at a clean commit, show it in full.
+  clean = '7abadb0ef88a5d6047de60d89a1da9c84987e5c9'
+  assert f'`results/cpu/bench_googlenet.json`, measured at commit `{clean}`.' in \
+      (ROOT / 'docs/results.md').read_text()
+  assert f'`results/cpu/table2.csv`, measured at commit `{clean}`.' in (ROOT / 'README.md').read_text()
 
 
 def test_new_results_record_the_full_commit_and_the_table_shows_it(tmp_path):
