@@ -444,9 +444,15 @@ def test_finding_23_cpu_conv_gradients_equal_jax_grad(x_shape, k, cout, stride, 
   y_cpu, vjp_cpu = jax.vjp(lambda x, kernel: layers.cpu_conv(x, kernel, stride, pad), x, kernel)
   dy = jax.numpy.asarray(rng.normal(size=y.shape), jax.numpy.float32)
   np.testing.assert_array_equal(y_cpu, y)
+  col2im = y.shape[1] * y.shape[2] <= layers.COL2IM_MAX_PIXELS
   for mine, theirs, name in zip(jax.jit(vjp_cpu)(dy), jax.jit(vjp)(dy), ('input', 'kernel')):
-    # The claim (layers.cpu_conv's docstring): the same bits as JAX's own derivative outside a loop.
-    np.testing.assert_array_equal(mine, theirs, err_msg=name)
+    # The claim (layers.cpu_conv's docstring): the same bits as JAX's own derivative outside a loop, but for
+    # the input gradient of small outputs, a matrix product added back into place: equal within rounding.
+    if name == 'input' and col2im:
+      np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(theirs))), err_msg=name)
+      assert not np.array_equal(mine, np.zeros_like(mine))
+    else:
+      np.testing.assert_array_equal(mine, theirs, err_msg=name)
 
 
 def test_finding_23_grouped_caffe_conv_gradients_equal_jax_grad():

@@ -241,3 +241,49 @@ def test_a_second_run_loads_its_steps_from_the_compilation_cache(image_folder, t
   second = run_main(*common, f'--workdir={tmp_path / "b"}')
   assert second.returncode == 0
   assert 'took' in second.stderr and 'loaded from the compilation cache' in second.stderr, second.stderr[-2000:]
+
+
+def _train_steps(n=3):
+  data, programs = train.build(lenet_config(), synthetic_dataset(64))
+  state = programs.init()
+  for idx in list(pipeline.epoch_order(len(data.splits['train']), 8, 0, 0))[:n]:
+    state, _ = programs.train_step(state, programs.batch(data, 'train', idx), data.arrays['train'])
+  return jax.tree_util.tree_map(np.asarray, state.params)
+
+
+def test_training_programs_take_the_backends_compiler_options_and_compute_the_same(monkeypatch):
+  """Every training program is compiled through core.compiler (on CPU with YNNPACK's fusions, where this jaxlib
+  has them); the parameters after three steps equal those of XLA's defaults within float rounding."""
+  from anatomy_jax.core import compiler
+  if jax.default_backend() == 'cpu':
+    assert compiler.options() == compiler.CPU  # The tested jaxlib (requirements.lock) takes the option.
+  seen = []
+  real = compiler.jit
+  monkeypatch.setattr(compiler, 'jit', lambda fun, **kw: seen.append(fun) or real(fun, **kw))
+  with_options = _train_steps()
+  assert seen, 'no program went through compiler.jit'
+  monkeypatch.setattr(compiler, 'ENABLED', False)
+  assert compiler.options() is None
+  without = _train_steps()
+  for layer in with_options:
+    for name in with_options[layer]:
+      np.testing.assert_allclose(with_options[layer][name], without[layer][name], rtol=1e-4, atol=1e-6,
+                                 err_msg=f'{layer}/{name}')
+  assert not np.array_equal(with_options['conv1']['kernel'], _initial_conv1())
+
+
+def _initial_conv1():
+  data, programs = train.build(lenet_config(), synthetic_dataset(64))
+  return np.asarray(programs.init().params['conv1']['kernel'])
+
+
+def test_a_jaxlib_without_the_cpu_option_warns_and_compiles_without_it(monkeypatch, caplog):
+  from anatomy_jax.core import compiler
+  monkeypatch.setattr(compiler, 'CPU', {'xla_cpu_no_such_option': 1})
+  compiler._supported.cache_clear()
+  try:
+    assert compiler.options('cpu') is None
+    assert 'does not take the CPU option' in caplog.text and 'xla_cpu_no_such_option' in caplog.text
+    assert float(compiler.jit(jnp.sum)(jnp.ones(3))) == 3.0
+  finally:
+    compiler._supported.cache_clear()

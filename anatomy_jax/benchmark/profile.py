@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from anatomy_jax.benchmark import timing, torch_peer
-from anatomy_jax.core import provenance
+from anatomy_jax.core import compiler, provenance
 from anatomy_jax.core.errors import UserError
 from anatomy_jax.data import pipeline
 from anatomy_jax.models import layers, summary
@@ -99,9 +99,9 @@ def _jax_layer_times(call: summary.LayerCall, params, steps: int, repeats: int) 
     module = call.module.clone(parent=None)
     apply = lambda p, x: module.apply({'params': p}, x, *call.args, rngs=rngs, **call.kwargs)
     p = params.get(call.name, {})
-  forward = jax.jit(apply)
-  vjp = jax.jit(lambda p, x: jax.vjp(apply, p, x))
-  backward = jax.jit(lambda vjp_fn, ct: vjp_fn(ct))
+  forward = compiler.jit(apply)
+  vjp = compiler.jit(lambda p, x: jax.vjp(apply, p, x))
+  backward = compiler.jit(lambda vjp_fn, ct: vjp_fn(ct))
   x = call.input
   out, vjp_fn = vjp(p, x)
   ones = jax.tree_util.tree_map(jnp.ones_like, out)

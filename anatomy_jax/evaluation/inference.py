@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anatomy_jax.core import compiler
 from anatomy_jax.core.errors import UserError
 from anatomy_jax.data.preprocess import Preprocess
 from anatomy_jax.evaluation import scores
@@ -57,8 +58,8 @@ def load_run(workdir: str | Path, which: str = 'best') -> Run:
   preprocess = Preprocess.from_config(trained.config)
   bound = dict(model=trained.model, preprocess=preprocess)
   return Run(**{f.name: getattr(trained, f.name) for f in dataclasses.fields(trained)}, preprocess=preprocess,
-             predict_fn=jax.jit(functools.partial(steps.predict, **bound)),
-             tta_fn=jax.jit(functools.partial(steps.predict_tta, **bound)))
+             predict_fn=compiler.jit(functools.partial(steps.predict, **bound)),
+             tta_fn=compiler.jit(functools.partial(steps.predict_tta, **bound)))
 
 
 @dataclasses.dataclass(frozen=True)

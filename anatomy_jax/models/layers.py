@@ -69,9 +69,10 @@ def _pool_padding(x: jax.Array, window: int, stride: int, pad: int):
 CPU_MAX_POOL: bool | None = None
 
 
-def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
-  """Caffe MAX pooling on NHWC input (ceil-mode output size); on CPU through `cpu_max_pool` (fast gradient)."""
-  padding = tuple(_pool_padding(x, window, stride, pad))
+def max_pool(x: jax.Array, window: int, stride: int, pad: int = 0, *, ceil: bool = True) -> jax.Array:
+  """MAX pooling on NHWC input, with Caffe's ceil-mode output size (`ceil=False`: the usual floor, padding `pad`
+  on both sides); on CPU through `cpu_max_pool` (fast gradient)."""
+  padding = tuple(_pool_padding(x, window, stride, pad)) if ceil else ((pad, pad), (pad, pad))
   if jax.default_backend() == 'cpu' if CPU_MAX_POOL is None else CPU_MAX_POOL:
     return cpu_max_pool(x, window, stride, padding)
   return nn.max_pool(x, (window, window), (stride, stride), padding)
@@ -158,15 +159,44 @@ def avg_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
 
 DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
+# Outputs of at most this many pixels take the input gradient through `_col2im` on CPU (see `cpu_conv`).
+COL2IM_MAX_PIXELS = 64
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0, groups: int = 1) -> jax.Array:
+  """A square-strided, zero-padded convolution (NHWC input, HWIO kernel, Caffe's `group`), in the formulation
+  that runs fastest on this backend. The one place where that is chosen, for every network.
+
+  GPUs: XLA's convolution as it is. CPUs (measured on the 2-core build machine, docs/results.md#speed): a grouped
+  convolution one group at a time (XLA's CPU backend runs grouped ones an order of magnitude slower: AlexNet's
+  conv2 forward and backward 13x); a 1x1 convolution as the matrix product it is (GoogLeNet's 1x1 reductions:
+  forward 1.9x, gradients 1.2-1.3x faster); any other through `cpu_conv`, whose gradients XLA runs faster.
+  Same numbers within float rounding (tests/test_models.py compares every case with the plain convolution).
+  """
+  if jax.default_backend() != 'cpu':
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad)] * 2,
+                                        dimension_numbers=DIMENSIONS, feature_group_count=groups)
+  if groups > 1:
+    return jnp.concatenate([conv2d(a, k, stride, pad) for a, k in zip(
+        jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))], axis=-1)
+  if kernel.shape[:2] == (1, 1) and pad == 0:
+    if stride > 1:
+      x = x[:, ::stride, ::stride]
+    return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0])
+  return cpu_conv(x, kernel, stride, pad)
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def cpu_conv(x, kernel, stride: int, pad: int):
-  """A convolution whose gradients are written as the plain NHWC/HWIO convolutions XLA's CPU backend runs
-  fastest (the kernel's gradient treats the input channels as the batch).
+  """A convolution whose gradients are written in the forms XLA's CPU backend runs fastest.
 
-  Same values as JAX's own derivative, bit for bit, outside a loop. Inside a loop (several training steps per
-  compiled call) XLA's CPU backend leaves JAX's form of the kernel gradient uncanonicalised and runs it about 7x
-  slower; written this way it runs as fast as outside, and gives the same bits there too. GPUs use JAX's own.
+  The kernel's gradient is the plain NHWC/HWIO convolution that treats the input channels as the batch: inside a
+  loop (several training steps per compiled call) XLA's CPU backend leaves JAX's own form uncanonicalised and runs
+  it about 7x slower. The input's gradient is JAX's own (a convolution of the upstream gradient dilated by the
+  stride) except for small outputs (at most `COL2IM_MAX_PIXELS` pixels), where that convolution runs far below
+  speed (the proposed CNN's conv4, 2x2 outputs at stride 2: 276 ms) and the matrix product of the upstream
+  gradient with the kernel, added back into place (`_col2im`), runs in 6 ms. Same values as JAX's own derivative
+  within float rounding; bit for bit where the input gradient is JAX's own form.
   """
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad)] * 2, dimension_numbers=DIMENSIONS)
 
@@ -180,12 +210,33 @@ def _cpu_conv_backward(stride, pad, saved, dy):
   k = kernel.shape[0]
   # Rows/columns of the padded input that no output reached (the stride did not fit evenly).
   rest = [x.shape[i] + 2 * pad - k - (dy.shape[i] - 1) * stride for i in (1, 2)]
-  flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
-  dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), [(k - 1 - pad, k - 1 - pad + r) for r in rest],
-                                    lhs_dilation=(stride, stride), dimension_numbers=DIMENSIONS)
+  if dy.shape[1] * dy.shape[2] <= COL2IM_MAX_PIXELS:
+    dx = _col2im(dy, kernel, stride, pad, x.shape)
+  else:
+    flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+    dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), [(k - 1 - pad, k - 1 - pad + r) for r in rest],
+                                      lhs_dilation=(stride, stride), dimension_numbers=DIMENSIONS)
   dk = jax.lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), (1, 1),
                                     [(pad, pad)] * 2, rhs_dilation=(stride, stride), dimension_numbers=DIMENSIONS)
-  return dx, jnp.transpose(dk[:, :k, :k, :], (1, 2, 0, 3)).astype(kernel.dtype)
+  return dx.astype(x.dtype), jnp.transpose(dk[:, :k, :k, :], (1, 2, 0, 3)).astype(kernel.dtype)
+
+
+def _col2im(dy, kernel, stride: int, pad: int, x_shape) -> jax.Array:
+  """The convolution's input gradient as one matrix product, (pixels, out) x (out, k*k*in), whose k*k slices are
+  each added back at the input positions they were read from (strided, then the padding cut off)."""
+  n, h, w, _ = x_shape
+  k, out_h, out_w = kernel.shape[0], dy.shape[1], dy.shape[2]
+  patches = jnp.einsum('nhwo,abio->nhwabi', dy, kernel)
+  hp, wp = h + 2 * pad, w + 2 * pad
+  zero = jnp.zeros((), dy.dtype)
+  total = None
+  for a in range(k):
+    for b in range(k):
+      term = jax.lax.pad(patches[:, :, :, a, b, :], zero,
+                         ((0, 0, 0), (a, hp - a - (out_h - 1) * stride - 1, stride - 1),
+                          (b, wp - b - (out_w - 1) * stride - 1, stride - 1), (0, 0, 0)))
+      total = term if total is None else total + term
+  return total[:, pad:pad + h, pad:pad + w]
 
 
 cpu_conv.defvjp(_cpu_conv_forward, _cpu_conv_backward)
@@ -214,17 +265,7 @@ class CaffeConv(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (self.kernel, self.kernel, cin // self.groups, self.features),
                         jnp.float32)
     bias = self.param('bias', constant(self.bias), (self.features,), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if jax.default_backend() == 'cpu' and self.groups == 1:
-      y = cpu_conv(x, kernel, self.stride, self.pad)
-    elif jax.default_backend() == 'cpu':
-      # XLA's CPU backend runs grouped convolutions an order of magnitude slower than one per group (measured:
-      # AlexNet's conv2 forward and backward 13x); GPUs run them natively. Same parameters, same result.
-      y = jnp.concatenate([cpu_conv(a, k, self.stride, self.pad) for a, k in zip(
-          jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))], axis=-1)
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), [(self.pad, self.pad)] * 2,
-                                       dimension_numbers=DIMENSIONS, feature_group_count=self.groups)
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.pad, self.groups)
     return y + bias.astype(self.dtype)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from anatomy_jax.core import compiler
 from anatomy_jax.core.errors import UserError
 
 DATA_AXIS = 'data'
@@ -156,16 +157,16 @@ class JitParallel(_Base):
     return self.put_replicated(tree)
 
   def train(self, step_fn) -> Program:
-    return Program(jax.jit(step_fn, in_shardings=(self.replicated, self.sharded, self.replicated),
+    return Program(compiler.jit(step_fn, in_shardings=(self.replicated, self.sharded, self.replicated),
                            out_shardings=(self.replicated, self.replicated), donate_argnums=0), self.serial)
 
   def train_many(self, steps_fn) -> Program:
     r = self.replicated
-    return Program(jax.jit(steps_fn, in_shardings=(r, r, self.stacked, r), out_shardings=(r, r),
+    return Program(compiler.jit(steps_fn, in_shardings=(r, r, self.stacked, r), out_shardings=(r, r),
                            donate_argnums=0), self.serial)
 
   def evaluate(self, eval_fn) -> Program:
-    return Program(jax.jit(eval_fn, in_shardings=(self.replicated, self.sharded, self.replicated),
+    return Program(compiler.jit(eval_fn, in_shardings=(self.replicated, self.sharded, self.replicated),
                            out_shardings=self.replicated), self.serial)
 
   def state_for_checkpoint(self, state):
@@ -190,6 +191,9 @@ class PmapParallel(_Base):
     super().__init__()
     self.devices = jax.local_devices()
     self.local_mesh = jax.sharding.Mesh(np.array(self.devices), ('d',))
+    if compiler.options():
+      logging.warning('pmap takes no compiler options: its programs run without %s (on CPUs, slower convolutions; '
+                      'the jit mode has them).', compiler.options())
 
   def _split(self, x, stacked: bool):
     x = np.asarray(x)
