@@ -52,6 +52,10 @@ def test_benchmark_tiny_runs_and_writes_json(image_folder, tmp_path):
   assert r['end_to_end_over_step'] > 0
   assert r['model'] == 'proposed' and r['batch_size'] == 8
   assert 'images_per_s' in r['torch']['eager'] or r['torch']['eager'] == {'skipped': 'torch is not installed'}
+  if 'images_per_s' in r['torch']['eager']:  # Where torch is installed: its evaluation too, and both ratios.
+    assert r['torch']['eager']['eval']['images_per_s'] > 0
+    assert r['eval_ratio_vs_torch'] == r['eval']['images_per_s'] / r['torch']['eager']['eval']['images_per_s']
+    assert r['ratio_vs_torch'] == r['train_step']['images_per_s'] / r['torch']['eager']['images_per_s']
   # Every phase was logged as it started, and its duration as it ended.
   for phase in r['phases_s']:
     assert f'[benchmark] {phase} ...' in proc.stderr and f'[benchmark] {phase}: ' in proc.stderr

@@ -126,6 +126,9 @@ def benchmark(config, steps_per_run: int = 20, repeats: int = 5, torch_modes=())
       best = max(rates, key=rates.get)
       result['torch_best'] = best
       result['ratio_vs_torch'] = step['images_per_s'] / rates[best]
+    eval_rates = {m: p['eval']['images_per_s'] for m, p in peers.items() if p.get('eval')}
+    if eval_rates:
+      result['eval_ratio_vs_torch'] = evaluation['images_per_s'] / max(eval_rates.values())
   return result
 
 
@@ -142,13 +145,16 @@ def summary_line(r: dict) -> str:
              else f'; PyTorch {mode}: {peer.get("skipped", "n/a")}')
   if 'ratio_vs_torch' in r:
     line += f'; ratio vs the faster ({r["torch_best"]}) {r["ratio_vs_torch"]:.2f}'
+  if 'eval_ratio_vs_torch' in r:
+    line += f'; eval ratio {r["eval_ratio_vs_torch"]:.2f}'
   return line
 
 
 def markdown_table(records: list[dict]) -> str:
   """One row per benchmark JSON: the figures docs/results.md reports."""
   rows = ['| model | device | dtype | batch | k | step img/s | end-to-end img/s (% of step) | eval img/s | '
-          'PyTorch eager / compiled img/s | ratio | compile s | GFLOP/img | MFU |', '|' + '---|' * 13]
+          'PyTorch eager / compiled img/s | ratio | PyTorch eval img/s (eager / compiled) | eval ratio | '
+          'compile s | GFLOP/img | MFU |', '|' + '---|' * 15]
   for r in records:
     torch = r.get('torch', {})
     if 'images_per_s' in torch or 'skipped' in torch:  # Written before peers had modes.
@@ -156,11 +162,15 @@ def markdown_table(records: list[dict]) -> str:
     peer = ' / '.join(f'{torch[m]["images_per_s"]:.1f}' if torch.get(m, {}).get('images_per_s') else '—'
                       for m in torch_peer.MODES)
     ratio = f'{r["ratio_vs_torch"]:.2f}' if 'ratio_vs_torch' in r else '—'
+    peer_eval = ' / '.join(f'{torch[m]["eval"]["images_per_s"]:.1f}' if torch.get(m, {}).get('eval') else '—'
+                           for m in torch_peer.MODES)
+    eval_ratio = f'{r["eval_ratio_vs_torch"]:.2f}' if 'eval_ratio_vs_torch' in r else '—'
     mfu = f'{100 * r["mfu"]:.1f}%' if r.get('mfu') is not None else '—'
     gflop = f'{r["flops_per_image"] / 1e9:.3g}' if r.get('flops_per_image') else '—'
     device = f'{r["device"]["device_count"]} x {r["device"].get("cpu") if r["device"]["backend"] == "cpu" else r["device"]["device_kind"]}'
     rows.append(f'| {r["model"]} | {device} | {r["dtype"]} | {r["batch_size"]} | {r.get("steps_per_dispatch", 1)} | '
                 f'{r["train_step"]["images_per_s"]:.1f} | {r["train_end_to_end"]["images_per_s"]:.1f} '
                 f'({100 * r["end_to_end_over_step"]:.0f}%) | {r["eval"]["images_per_s"]:.1f} | {peer} | {ratio} | '
+                f'{peer_eval} | {eval_ratio} | '
                 f'{r["compile_s"]:.1f}{" (cache)" if r.get("compile_from_cache") else ""} | {gflop} | {mfu} |')
   return '\n'.join(rows)

@@ -121,7 +121,8 @@ def network(name: str, num_classes: int, channels: int, device: str = 'cpu'):
 def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats: int = 5,
               mode: str = 'eager') -> dict:
   """Training images/s of the PyTorch peer at the config's batch, size and precision, run eagerly or under
-  torch.compile; {'skipped': why} when torch is missing or the network has no peer."""
+  torch.compile, and its evaluation images/s (`eval`, at the config's eval batch); {'skipped': why} when torch
+  is missing or the network has no peer."""
   try:
     import torch
   except ImportError:
@@ -151,5 +152,19 @@ def benchmark(config, num_classes: int, channels: int, steps: int = 20, repeats:
       torch.cuda.synchronize()
 
   stats = timing.rates(timing.timed(run, steps, repeats), steps * bs)  # Warm-up: under torch.compile, compiling.
-  return {**stats, 'device': device, 'torch_version': torch.__version__, 'autocast_bf16': bf16,
-          'channels_last': True, 'mode': mode}
+
+  # Evaluation as JAX's is timed: the eval batch, inference mode (no dropout, no graph), logits only.
+  eval_bs = config.eval_batch_size
+  x_eval = torch.randn(eval_bs, channels, size, size, device=device).to(memory_format=torch.channels_last)
+
+  def run_eval(n):
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+      for _ in range(n):
+        out = step_model(x_eval)
+        (out[0] if isinstance(out, list) else out).float().cpu()
+    model.train()
+
+  evaluation = timing.rates(timing.timed(run_eval, steps, repeats), steps * eval_bs)
+  return {**stats, 'eval': evaluation, 'device': device, 'torch_version': torch.__version__,
+          'autocast_bf16': bf16, 'channels_last': True, 'mode': mode}
