@@ -11,6 +11,7 @@ MANUAL_DIR=${MANUAL_DIR:-../shared/data}
 FRACTIONS=${FRACTIONS:-0.01,0.02,0.05,0.1,0.2,0.5,1}
 SEEDS=${SEEDS:-0,1,2}
 OVERRIDES=${OVERRIDES:-}
-"${PYTHON:-.venv/bin/python}" -m anatomy_jax.experiments.table2 --outdir="$OUT/table2" --override=manual_dir="$MANUAL_DIR" $OVERRIDES
-"${PYTHON:-.venv/bin/python}" -m anatomy_jax.experiments.learning_curve --outdir="$OUT/learning_curve" \
+MODELS=${MODELS:-lenet,alexnet,googlenet,proposed}  # The paper's four (every registered network: the resnets too).
+"${PYTHON:-.venv/bin/python}" -m anatomy_jax.experiments.table2 --outdir="$OUT/table2" --models="$MODELS" --override=manual_dir="$MANUAL_DIR" $OVERRIDES
+"${PYTHON:-.venv/bin/python}" -m anatomy_jax.experiments.learning_curve --outdir="$OUT/learning_curve" --models="$MODELS" \
   --override=manual_dir="$MANUAL_DIR" --fractions="$FRACTIONS" --seeds="$SEEDS" $OVERRIDES
