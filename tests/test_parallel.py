@@ -31,9 +31,11 @@ def run_check(model: str, steps: int, devices: int = 8) -> dict:
 @pytest.mark.parametrize('model,steps,bound', [
     # Measured (2026-12-02, this code, CPU): the largest parameter difference from one device is 7.3e-4 of the
     # largest change the steps made for LeNet (1.0e-5 of 0.0138), 6.2e-5 for GoogLeNet (3.0e-6 of 0.048); the
-    # bounds are about twice that. (Was 1e-2 for both: a tenth of a wrong update would have passed.)
+    # bounds are about twice that. (Was 1e-2 for both: a tenth of a wrong update would have passed.) Since the
+    # CPU programs use YNNPACK (core/compiler.py), whose products round by shape, GoogLeNet's jit mode measured
+    # 3.8e-4 (1.8e-5 of 0.048; CI of 88e1e24): still far below a wrong update (the size of the update itself).
     ('lenet', 3, 1.5e-3),
-    ('googlenet', 2, 1.5e-4),  # Dropout in the main and both aux heads, aux losses x 0.3.
+    ('googlenet', 2, 8e-4),  # Dropout in the main and both aux heads, aux losses x 0.3.
 ])
 def test_jit_and_pmap_on_8_devices_match_one_device(model, steps, bound):
   r = run_check(model, steps)
