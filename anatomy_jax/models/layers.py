@@ -208,11 +208,11 @@ def _cpu_conv_forward(x, kernel, stride, pad):
 def _cpu_conv_backward(stride, pad, saved, dy):
   x, kernel = saved
   k = kernel.shape[0]
-  # Rows/columns of the padded input that no output reached (the stride did not fit evenly).
-  rest = [x.shape[i] + 2 * pad - k - (dy.shape[i] - 1) * stride for i in (1, 2)]
   if dy.shape[1] * dy.shape[2] <= COL2IM_MAX_PIXELS:
     dx = _col2im(dy, kernel, stride, pad, x.shape)
   else:
+    # Rows/columns of the padded input that no output reached (the stride did not fit evenly).
+    rest = [x.shape[i] + 2 * pad - k - (dy.shape[i] - 1) * stride for i in (1, 2)]
     flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
     dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), [(k - 1 - pad, k - 1 - pad + r) for r in rest],
                                       lhs_dilation=(stride, stride), dimension_numbers=DIMENSIONS)
@@ -224,7 +224,7 @@ def _cpu_conv_backward(stride, pad, saved, dy):
 def _col2im(dy, kernel, stride: int, pad: int, x_shape) -> jax.Array:
   """The convolution's input gradient as one matrix product, (pixels, out) x (out, k*k*in), whose k*k slices are
   each added back at the input positions they were read from (strided, then the padding cut off)."""
-  n, h, w, _ = x_shape
+  _, h, w, _ = x_shape
   k, out_h, out_w = kernel.shape[0], dy.shape[1], dy.shape[2]
   patches = jnp.einsum('nhwo,abio->nhwabi', dy, kernel)
   hp, wp = h + 2 * pad, w + 2 * pad

@@ -158,16 +158,16 @@ class JitParallel(_Base):
 
   def train(self, step_fn) -> Program:
     return Program(compiler.jit(step_fn, in_shardings=(self.replicated, self.sharded, self.replicated),
-                           out_shardings=(self.replicated, self.replicated), donate_argnums=0), self.serial)
+                                out_shardings=(self.replicated, self.replicated), donate_argnums=0), self.serial)
 
   def train_many(self, steps_fn) -> Program:
     r = self.replicated
     return Program(compiler.jit(steps_fn, in_shardings=(r, r, self.stacked, r), out_shardings=(r, r),
-                           donate_argnums=0), self.serial)
+                                donate_argnums=0), self.serial)
 
   def evaluate(self, eval_fn) -> Program:
     return Program(compiler.jit(eval_fn, in_shardings=(self.replicated, self.sharded, self.replicated),
-                           out_shardings=self.replicated), self.serial)
+                                out_shardings=self.replicated), self.serial)
 
   def state_for_checkpoint(self, state):
     return state
