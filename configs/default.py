@@ -53,6 +53,7 @@ def get_config(variant_name: str = ''):
   c.augment.contrast = 0.0  # Random contrast factors in [1 - this, 1 + this].
   c.augment.zoom = (1.0, 1.0)  # Random magnification in [lo, hi], log-uniform; lo < 1 zooms out (pads with the mean).
   c.augment.shift = 0.0  # Random translation of up to this fraction of the image side, each axis, either way.
+  c.augment.mixup = 0.0  # > 0: blend neighbouring training images and their targets, weight ~ Beta(this, this).
   # Solver: Caffe SGD as DIGITS runs it (or AdamW).
   c.optimizer = 'sgd'  # 'sgd' (Caffe's SGD with momentum, below) or 'adamw' (optax; decoupled decay on kernels).
   c.num_epochs = 30  # Training epochs.

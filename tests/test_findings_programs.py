@@ -607,3 +607,42 @@ def test_finding_24_lock_file_pins_every_requirement_within_its_bounds_and_is_wh
         f'{r.name} {importlib.metadata.version(r.name)} is installed, requirements.lock says {pins[name]}: install '
         'with -c requirements.lock, or re-freeze after the suite passes (see requirements.txt).')
   assert '-c requirements.lock' in (REPO / '.ci' / 'run').read_text()
+
+
+def test_mixup_blends_neighbouring_pairs_the_same_on_any_split_and_trains_on_the_blend():
+  import jax
+  import optax
+  from anatomy_jax.training import steps
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(8, 4, 4, 1)).astype(np.float32)
+  labels = np.array([0, 1, 2, 0, 1, 2, 2, 0], np.int32)
+  targets = np.eye(3, dtype=np.float32)[labels]
+  keys = jax.random.split(jax.random.PRNGKey(3), 8)
+  mixed, mixed_targets = (np.asarray(a) for a in steps.mix_pairs(images, targets, keys, 0.4))
+  lam = mixed_targets[np.arange(8), labels]  # Each example's weight of itself (its partner's label differs here).
+  partner = np.arange(8) ^ 1
+  assert np.all(lam >= 0.5) and np.all(lam <= 1) and len(set(np.round(lam, 6))) > 1
+  np.testing.assert_allclose(mixed, lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[partner],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(mixed_targets.sum(1), 1, rtol=1e-6)
+  # Split as over two devices (each half's pairs stay inside it): the same blend.
+  halves = [steps.mix_pairs(images[s], targets[s], keys[s], 0.4) for s in (slice(0, 4), slice(4, 8))]
+  np.testing.assert_array_equal(np.concatenate([np.asarray(h[0]) for h in halves]), mixed)
+  # The step's objective is the cross-entropy against the blended targets, on the blended images.
+  model, data = Linear(num_classes=3), {'images': (images * 20 + 128).clip(0, 255).astype(np.uint8),
+                                        'labels': labels, 'mean': np.zeros((4, 4, 1), np.float32)}
+  tx = optax.sgd(0.0)
+  state = steps.create_state(model, tx, (4, 4, 1), seed=0)
+  preprocess = lambda x, mean, keys: (x.astype(np.float32) - mean) / 255
+  batch = {'idx': np.arange(8, dtype=np.int32), 'pos': np.arange(8, dtype=np.int32)}
+  _, m = steps.train_step(state, batch, data, model=model, tx=tx, preprocess=preprocess, schedule=lambda s: 0.0,
+                          mixup=0.4)
+  step_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(state.rng, 0), np.arange(8))
+  mix_keys = jax.vmap(jax.random.fold_in, (0, None))(step_keys, 2)
+  x, t = (np.asarray(a, np.float64) for a in steps.mix_pairs(data['images'].astype(np.float32) / 255, targets,
+                                                               mix_keys, 0.4))
+  logits = np.asarray(model.apply({'params': state.params}, x.astype(np.float32), train=False)['logits'], np.float64)
+  log_p = logits - logits.max(1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+  assert float(m['total_loss']) == pytest.approx(-(t * log_p).sum(), rel=1e-5)
+  assert float(m['loss']) == pytest.approx(-log_p[np.arange(8), labels].sum(), rel=1e-5)

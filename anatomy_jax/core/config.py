@@ -229,7 +229,8 @@ def validate(config, *, input_sizes: Mapping[str, int], datasets: Sequence[str] 
   check_number(config, 'momentum', lo=0, hi=1, hi_open=True, example=0.9)
   for field, example in (('weight_decay', 5e-4), ('bias_lr_mult', 2.0), ('bias_decay_mult', 0.0),
                          ('checkpoint_every_minutes', 10.0), ('warmup_epochs', 1.0), ('body_lr_mult', 0.1),
-                         ('freeze_body_epochs', 1.0), ('augment.rotation', 15.0)):
+                         ('freeze_body_epochs', 1.0), ('augment.rotation', 15.0),
+                         ('augment.mixup', 0.2)):
     check_number(config, field, lo=0, example=example)
   for field, example in (('label_smoothing', 0.1), ('augment.brightness', 0.1), ('augment.contrast', 0.2)):
     check_number(config, field, lo=0, hi=1, hi_open=True, example=example)

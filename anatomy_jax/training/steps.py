@@ -76,14 +76,28 @@ def _correct(logits, labels):
   return jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
 
+def mix_pairs(images, targets, keys, alpha: float):
+  """Mixup over neighbouring pairs: examples 2j and 2j+1 of the batch are each blended with the other, image and
+  target alike, example i keeping weight lam_i ~ Beta(alpha, alpha) (drawn from its own key) of itself. Pairs lie
+  inside every device's share of the batch (an even number), so the result is the same on one device or many."""
+  def partner(x):
+    return x.reshape((-1, 2) + x.shape[1:])[:, ::-1].reshape(x.shape)
+
+  lam = jax.vmap(lambda k: jax.random.beta(k, alpha, alpha))(keys)
+  lam = jnp.maximum(lam, 1.0 - lam)  # Each example stays mostly itself; its partner gets the rest.
+  mixed = lam[:, None, None, None] * images + (1.0 - lam[:, None, None, None]) * partner(images)
+  return mixed.astype(images.dtype), lam[:, None] * targets + (1.0 - lam[:, None]) * partner(targets)
+
+
 def train_step(state: TrainState, batch, data, *, model, tx, preprocess, schedule, label_smoothing: float = 0.0,
-               axis_name=None):
+               mixup: float = 0.0, axis_name=None):
   """One SGD step on a batch. Returns the new state and the batch's metric sums (plus the step's rate).
 
   Random numbers (crop, mirror, other augmentation, dropout) come from fold_in(fold_in(rng, step), position in
   the global batch): each example's are the same however the batch is split over devices. The objective is
-  every head's cross-entropy (targets smoothed by `label_smoothing`), weighted per class when `data` holds
-  `class_weights`; the reported `loss` is the main head's plain cross-entropy, comparable with validation's.
+  every head's cross-entropy (targets smoothed by `label_smoothing`, images and targets blended in pairs by
+  `mix_pairs` when `mixup` > 0), weighted per class when `data` holds `class_weights` (by each example's own
+  label); the reported `loss` and accuracy are the main head's against the example's own label.
   """
   batch = materialize(batch, data)
   step_key = jax.random.fold_in(state.rng, state.step)
@@ -93,13 +107,18 @@ def train_step(state: TrainState, batch, data, *, model, tx, preprocess, schedul
   images = preprocess(batch['image'], data['mean'], aug_keys)
   labels = batch['label']
   weights = models.loss_weights(model)
+  targets = None
+  if label_smoothing or mixup:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, model.num_classes), label_smoothing)
+  if mixup:
+    mix_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, 2)
+    images, targets = mix_pairs(images, targets, mix_keys, mixup)
 
   def loss_fn(params):
     out = model.apply({'params': params}, images, train=True, example_keys=dropout_keys)
     ce = {name: optax.softmax_cross_entropy_with_integer_labels(logits, labels) for name, logits in out.items()}
     objective = ce
-    if label_smoothing:
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, out['logits'].shape[-1]), label_smoothing)
+    if targets is not None:
       objective = {name: optax.softmax_cross_entropy(logits, targets) for name, logits in out.items()}
     total = _loss(objective, weights)
     if 'class_weights' in data:

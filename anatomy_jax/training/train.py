@@ -307,7 +307,8 @@ def build(config, dataset: data_lib.Dataset | None = None) -> tuple[Data, Progra
   arrays = {name: parallel.put_data(_device_arrays(config, split, mean, on_device, name == 'train',
                                                    dataset.num_classes))
             for name, split in splits.items()}
-  bound = dict(model=model, tx=tx, preprocess=preprocess, schedule=schedule, label_smoothing=config.label_smoothing)
+  bound = dict(model=model, tx=tx, preprocess=preprocess, schedule=schedule, label_smoothing=config.label_smoothing,
+               mixup=float(config.augment.get('mixup', 0.0)))
   create = functools.partial(steps.create_state, model, tx, input_shape, config.seed)
   data = Data(dataset, splits, mean, on_device, arrays, spe, config.eval_batch_size)
   programs = Programs(
