@@ -668,3 +668,27 @@ def test_standardize_gives_every_input_zero_mean_and_unit_spread_whatever_its_in
   np.testing.assert_allclose(a, b, atol=0.05)
   plain = preprocess.Preprocess(image_size=8, crop_size=8, mirror=True, scale=1 / 64)
   np.testing.assert_array_equal(np.asarray(plain(images, mean, None)), (images.astype(np.float32) - mean) / 64)
+
+
+def test_tta_adds_the_centre_zoomed_out_and_in_when_training_zoomed():
+  import jax.numpy as jnp
+  from anatomy_jax.data import preprocess
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 8, 1)), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(preprocess.zoom_centre(x, 4, 1.0)), np.asarray(x[:, 2:6, 2:6]))
+  # Zoomed in 2x: output pixel i samples the input at (i - 3.5) / 2 + 3.5, interpolated linearly on each axis.
+  at = (np.arange(8) - 3.5) / 2 + 3.5
+  lo, frac = np.floor(at).astype(int), at - np.floor(at)
+  interp = np.eye(8)[lo] * (1 - frac)[:, None] + np.eye(8)[lo + 1] * frac[:, None]  # rows: outputs, cols: inputs
+  np.testing.assert_allclose(np.asarray(preprocess.zoom_centre(x, 8, 2.0))[..., 0],
+                             np.einsum('ia,nab,jb->nij', interp, np.asarray(x)[..., 0], interp), atol=1e-5)
+  # Zoomed out 2x: the image in the middle half, 0 (the mean) around it.
+  out = np.asarray(preprocess.zoom_centre(x, 8, 0.5))
+  assert np.all(out[:, :2] == 0) and np.all(out[:, -2:] == 0) and np.all(out[:, :, :2] == 0)
+  mean = jnp.zeros((8, 8, 1))
+  zoomed = preprocess.Preprocess(image_size=8, crop_size=8, mirror=True, scale=1.0, zoom=(0.64, 1.21))
+  views = [np.asarray(v) for v in zoomed.views(x, mean)]
+  assert len(views) == 6  # centre, out, in, and their mirrors
+  np.testing.assert_allclose(views[1], np.asarray(preprocess.zoom_centre(x, 8, 0.8)), atol=1e-6)
+  np.testing.assert_allclose(views[2], np.asarray(preprocess.zoom_centre(x, 8, 1.1)), atol=1e-6)
+  np.testing.assert_array_equal(views[4], views[1][:, :, ::-1])
+  assert len(preprocess.Preprocess(image_size=8, crop_size=8, mirror=True, scale=1.0).views(x, mean)) == 2

@@ -128,11 +128,22 @@ class Preprocess:
 
   def views(self, images: jax.Array, mean: jax.Array) -> list[jax.Array]:
     """Test-time augmentation: the centre crop, the four corner crops when the image is larger than the crop,
-    and each mirrored when training mirrors."""
+    the centre zoomed out and in (by the square roots of `zoom`'s ends: halfway, on a log scale, to the
+    magnifications training saw) when training zoomed, and each mirrored when training mirrors."""
     x = (self.resize(images) - mean) * self.scale
     c, m = self.crop_size, self.image_size - self.crop_size
     crops = [centre_crop(x, c)] + ([x[:, a:a + c, b:b + c] for a, b in ((0, 0), (0, m), (m, 0), (m, m))] if m else [])
+    crops += [zoom_centre(x, c, z ** 0.5) for z in self.zoom if z != 1.0]
     return [self.finish(v) for v in crops + ([v[:, :, ::-1] for v in crops] if self.mirror else [])]
+
+
+def zoom_centre(x: jax.Array, size: int, magnification: float) -> jax.Array:
+  """The centre `size / magnification` square of each image, resampled bilinearly to `size` (below 1: more than
+  the image, outside it 0), as `Preprocess.warp` samples with that magnification and nothing else."""
+  grid = (jnp.arange(size, dtype=jnp.float32) - (size - 1) / 2) / magnification + x.shape[1] / 2 - 0.5
+  rows, cols = jnp.meshgrid(grid, grid, indexing='ij')
+  sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [rows, cols], order=1, mode='constant')
+  return jax.vmap(lambda image: jnp.stack([sample(image[..., k]) for k in range(x.shape[-1])], axis=-1))(x)
 
 
 def centre_crop(x: jax.Array, size: int) -> jax.Array:
