@@ -45,7 +45,6 @@ def get_config(variant_name: str = ''):
   c.mirror = True  # Random horizontal flips in training.
   c.mean_subtraction = 'image'  # Subtract the training set's mean 'image', its mean 'pixel', or 'none'.
   c.scale = 1.0  # Multiply pixels by this after mean subtraction (LeNet: 0.0125).
-  c.standardize = False  # Last: each network input to its own zero mean and unit spread (varied scanners).
   # Extra augmentation for small datasets (all off in the paper's protocol; see configs/proposed_finetune.py).
   c.augment = ml_collections.ConfigDict()
   c.augment.resized_crop = 0.0  # > 0: random crops of this to 100% of the image area (aspect 3:4-4:3), resized.

@@ -30,7 +30,6 @@ class Preprocess:
   contrast: float = 0.0  # Factor in [1 - contrast, 1 + contrast].
   zoom: tuple[float, float] = (1.0, 1.0)  # Magnification range, log-uniform; below 1 zooms out.
   shift: float = 0.0  # Translation, a fraction of image_size on each axis, either way.
-  standardize: bool = False  # Each network input to zero mean and unit spread, last (scanners' intensities differ).
 
   @classmethod
   def from_config(cls, config):
@@ -39,7 +38,7 @@ class Preprocess:
     return cls(config.image_size, config.crop_size, bool(config.mirror), float(config.scale),
                float(a.get('resized_crop', 0.0)), float(a.get('rotation', 0.0)), float(a.get('brightness', 0.0)),
                float(a.get('contrast', 0.0)), tuple(float(z) for z in a.get('zoom', (1.0, 1.0))),
-               float(a.get('shift', 0.0)), bool(config.get('standardize', False)))
+               float(a.get('shift', 0.0)))
 
   @property
   def warps(self) -> bool:
@@ -59,7 +58,7 @@ class Preprocess:
     x = (self.resize(images) - mean) * self.scale
     margin = self.image_size - self.crop_size
     if keys is None:
-      return self.finish(centre_crop(x, self.crop_size))
+      return centre_crop(x, self.crop_size)
 
     def augment(image, key):
       k_crop, k_flip = jax.random.split(key)
@@ -74,15 +73,7 @@ class Preprocess:
         image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
       return image
 
-    return self.finish(jax.vmap(augment)(x, keys))
-
-  def finish(self, x: jax.Array) -> jax.Array:
-    """The last step for every network input: with `standardize`, each image's own mean subtracted and its
-    standard deviation divided out (a blank image stays 0)."""
-    if not self.standardize:
-      return x
-    x = x - jnp.mean(x, axis=(1, 2, 3), keepdims=True)
-    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=(1, 2, 3), keepdims=True) + 1e-6)
+    return jax.vmap(augment)(x, keys)
 
   def warp(self, image: jax.Array, key: jax.Array) -> jax.Array:
     """A random crop of `resized_crop` to 100% of the image area (aspect 3:4 to 4:3), magnified by a factor in
@@ -134,7 +125,7 @@ class Preprocess:
     c, m = self.crop_size, self.image_size - self.crop_size
     crops = [centre_crop(x, c)] + ([x[:, a:a + c, b:b + c] for a, b in ((0, 0), (0, m), (m, 0), (m, m))] if m else [])
     crops += [zoom_centre(x, c, z ** 0.5) for z in self.zoom if z != 1.0]
-    return [self.finish(v) for v in crops + ([v[:, :, ::-1] for v in crops] if self.mirror else [])]
+    return crops + ([v[:, :, ::-1] for v in crops] if self.mirror else [])
 
 
 def zoom_centre(x: jax.Array, size: int, magnification: float) -> jax.Array:
