@@ -19,7 +19,8 @@ An ensemble: --workdir=DIR1,DIR2,... (runs with the same classes and stored imag
 --config.seed values) answers with their class probabilities averaged; name --output_dir for its reports.
 
 With --tta, the report also holds (under `tta`) the figures for probabilities averaged over the centre and
-corner crops and their mirror images, beside the plain ones.
+corner crops (and, for a run trained with zoom, the centre zoomed out and in) and their mirror images, beside the
+plain ones.
 """
 
 from absl import flags
@@ -36,7 +37,7 @@ flags.DEFINE_string('folder', '', 'Evaluate on this folder of class folders inst
 flags.DEFINE_string('data_dir', None, 'Override the run\'s data_dir (where TFDS keeps prepared datasets).')
 flags.DEFINE_string('manual_dir', None, 'Override the run\'s manual_dir (where the source data is).')
 flags.DEFINE_string('output_dir', '', 'Where the reports go (default: the workdir).')
-flags.DEFINE_bool('tta', False, 'Also report test-time augmentation (crops and mirror images averaged).')
+flags.DEFINE_bool('tta', False, 'Also report test-time augmentation (crops, zooms and mirror images averaged).')
 
 
 def main():

@@ -6,8 +6,8 @@
 Each file (directories are searched recursively) is read as the training data was (`data/images.py`:
 PNG/JPEG/BMP/TIFF/DICOM, stored size, channels) and preprocessed as in evaluation. Prints and writes a CSV row
 per file: path, predicted class, its probability, whether that is below --low_confidence, and each class's
-probability in a column p_<class> (with --tta, averaged over the centre and corner crops and their mirror
-images). A low-confidence flag is a hint to look at the image, not a detector of images unlike the training
+probability in a column p_<class> (with --tta, averaged over the centre and corner crops, the centre
+zoomed out and in for a run trained with zoom, and their mirror images). A low-confidence flag is a hint to look at the image, not a detector of images unlike the training
 data: a network can be confidently wrong about a class it never saw.
 
 Several workdirs answer as one ensemble (probabilities averaged). With --pool_cases, the files of one case
@@ -36,7 +36,7 @@ flags.DEFINE_string('workdir', None, 'The training run\'s --workdir; several, co
                     '(probabilities averaged).')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Best-by-validation or latest checkpoint.')
 flags.DEFINE_string('output', '', 'CSV to write (default: WORKDIR/predictions.csv).')
-flags.DEFINE_bool('tta', False, 'Average the probabilities over crops and mirror images (test-time augmentation).')
+flags.DEFINE_bool('tta', False, 'Average the probabilities over crops, zooms and mirror images (test-time augmentation).')
 flags.DEFINE_bool('pool_cases', False, 'Give every file its case\'s mean probabilities (the case: --case_regex, '
                   'else the run\'s folder.group_regex, searched in the file\'s path).')
 flags.DEFINE_string('case_regex', '', 'With --pool_cases: a regex whose first group (or match) in a file\'s path '

@@ -4,7 +4,7 @@ an image between the dataset and the network.
 `Preprocess` is DIGITS' transform: resize to `image_size`, subtract the training mean, crop `crop_size` (random in
 training, centre in evaluation), mirror, scale; in training, optionally, the augmentations for small datasets
 (random resized crops, rotations, brightness and contrast); and the test-time views (centre and corner crops,
-mirrored). Random numbers come per example from keys the step derives from (seed, step, position in the global
+the centre zoomed out and in when training zoomed, mirrored). Random numbers come per example from keys the step derives from (seed, step, position in the global
 batch), so the same examples get the same crops on one device or eight. `mean_image` is the training mean it
 subtracts.
 """

@@ -53,8 +53,8 @@ def predict(params, images, mean, *, model, preprocess) -> dict:
 
 
 def predict_tta(params, images, mean, *, model, preprocess) -> jax.Array:
-  """Test-time augmentation: the main head's class probabilities averaged over the centre and corner crops and
-  their mirror images (`Preprocess.views`)."""
+  """Test-time augmentation: the main head's class probabilities averaged over the centre and corner crops, the
+  centre zoomed out and in when training zoomed, and their mirror images (`Preprocess.views`)."""
   views = preprocess.views(images, mean)
   probs = [jax.nn.softmax(model.apply({'params': params}, v, train=False)['logits']) for v in views]
   return sum(probs) / len(probs)
