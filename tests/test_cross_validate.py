@@ -195,6 +195,7 @@ def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path, monkeypat
     assert row['case_pooled_accuracy'] == pytest.approx(float((pooled.argmax(-1) == labels).mean()))
     assert row['train_seconds'] == pytest.approx(sum(json.loads((d / 'results.json').read_text())['train_seconds']
                                                      for d in dirs))
+    assert row['tta_views'] == report['tta']['views'] == runs[0].preprocess.view_names()
   # The pooled figures are the rows' (test-time augmented) ones, every image counted once.
   reports = [json.loads((out / f'fold_{k}' / 'eval_test.json').read_text()) for k in range(2)]
   assert all(r['tta']['confusion_matrix'] != r['confusion_matrix'] for r in reports)
@@ -203,6 +204,12 @@ def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path, monkeypat
   assert cv['pooled']['accuracy'] == pytest.approx(sum(r['accuracy'] * r['test_images'] for r in cv['folds']) / images)
   md = (out / 'cv.md').read_text()
   assert 'an ensemble of 2 runs' in md and 'test-time augmentation' in md and 'last checkpoint' in md
+  # A report from before the views were recorded (before the zoomed views) is made again, not reused.
+  stale = json.loads((out / 'fold_0' / 'eval_test.json').read_text())
+  del stale['tta']['views']
+  (out / 'fold_0' / 'eval_test.json').write_text(json.dumps(stale))
+  cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=2, tta=True, checkpoint='latest')
+  assert 'views' in json.loads((out / 'fold_0' / 'eval_test.json').read_text())['tta']
   with pytest.raises(UserError, match='members'):
     cross_validate.run_cross_validation(LENET_TINY, 2, root, out, overrides, members=3, tta=True,
                                         checkpoint='latest')

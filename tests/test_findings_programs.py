@@ -670,3 +670,9 @@ def test_tta_adds_the_centre_zoomed_out_and_in_when_training_zoomed():
   np.testing.assert_allclose(views[2], np.asarray(preprocess.zoom_centre(x, 8, 1.1)), atol=1e-6)
   np.testing.assert_array_equal(views[4], views[1][:, :, ::-1])
   assert len(preprocess.Preprocess(image_size=8, crop_size=8, mirror=True, scale=1.0).views(x, mean)) == 2
+  assert zoomed.view_names() == ['centre', 'zoom 0.80', 'zoom 1.10', 'mirrored centre', 'mirrored zoom 0.80',
+                                 'mirrored zoom 1.10']
+  cropped = preprocess.Preprocess(image_size=10, crop_size=8, mirror=False, scale=1.0)
+  assert cropped.view_names() == ['centre', 'corner top-left', 'corner top-right', 'corner bottom-left',
+                                  'corner bottom-right']
+  assert len(cropped.views(jnp.zeros((1, 10, 10, 1)), jnp.zeros((10, 10, 1)))) == 5

@@ -201,3 +201,8 @@ def test_cross_validation_rows_come_from_cv_json(tmp_path):
   assert lines[2].startswith('| `own_images.py` with `class_weights=balanced`, ensemble of 3, TTA, last checkpoint |')
   assert lines[-1] == (f'Source: `results/cv.json` (folds 0, 1), measured at commit `{COMMIT}`; '
                        f'`results/cv.json` (folds 2), measured at commit `{COMMIT[::-1]}`.')
+  # Folds whose reports name zoomed test-time views: the label says so.
+  cv['folds'][0]['tta_views'] = ['centre', 'zoom 0.84', 'zoom 1.14', 'mirrored centre']
+  path.write_text(json.dumps(cv))
+  assert tables.render_cv([path], tmp_path)[2].startswith(
+      '| `own_images.py` with `class_weights=balanced`, ensemble of 3, TTA with zoom, last checkpoint |')

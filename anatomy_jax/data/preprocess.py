@@ -127,6 +127,14 @@ class Preprocess:
     crops += [zoom_centre(x, c, z ** 0.5) for z in self.zoom if z != 1.0]
     return crops + ([v[:, :, ::-1] for v in crops] if self.mirror else [])
 
+  def view_names(self) -> list[str]:
+    """What each of `views` is, in their order (reports record them): 'centre', 'corner top-left', ...,
+    'zoom 0.84', and 'mirrored ...'."""
+    names = ['centre'] + ([f'corner {a}-{b}' for a in ('top', 'bottom') for b in ('left', 'right')]
+                          if self.image_size > self.crop_size else [])
+    names += [f'zoom {z ** 0.5:.2f}' for z in self.zoom if z != 1.0]
+    return names + ([f'mirrored {n}' for n in names] if self.mirror else [])
+
 
 def zoom_centre(x: jax.Array, size: int, magnification: float) -> jax.Array:
   """The centre `size / magnification` square of each image, resampled bilinearly to `size` (below 1: more than

@@ -96,6 +96,11 @@ class Ensemble:
   def predict_tta(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.mean([r.predict_tta(images, batch_size) for r in self.runs], axis=0)
 
+  @property
+  def preprocess(self):
+    """The first run's (its test-time views are the ones reports name)."""
+    return self.runs[0].preprocess
+
 
 def split_workdirs(workdirs: str | Path | list) -> list[Path]:
   """--workdir's value: one workdir, or several separated by commas (an ensemble)."""

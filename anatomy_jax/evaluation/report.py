@@ -114,6 +114,7 @@ def evaluate(run: inference.Run, images: np.ndarray, labels: np.ndarray, groups:
   if tta:
     probs = run.predict_tta(images)
     report['tta'] = scores.classification_report(scores.log_probs(probs), labels, run.class_names)
+    report['tta']['views'] = run.preprocess.view_names()
     if known:
       add_case_figures(report['tta'], probs, labels, groups, run.class_names)
   return report

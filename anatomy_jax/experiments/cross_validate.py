@@ -102,7 +102,8 @@ def evaluate_fold(workdirs: list[Path], results: list[dict], tta: bool = False, 
   report = files.read_json(out / 'eval_test.json')
   if (report is None or report.get('checkpoint') != checkpoint or report.get('step') != (
       steps[0] if len(steps) == 1 else steps) or ('tta' in report) != tta
-      or ('per_case' in report and 'case_pooled' not in report)):  # Written before case pooling was reported.
+      or ('per_case' in report and 'case_pooled' not in report)  # Written before case pooling was reported.
+      or (tta and 'views' not in report['tta'])):  # Or before the views were (the zoomed ones came then).
     report = report_lib.run_evaluation(workdirs, 'test', checkpoint, output_dir=str(out), tta=tta)
   return report
 
@@ -118,7 +119,8 @@ def fold_row(fold: int, results: list[dict], report: dict, tta: bool = False) ->
           'val_accuracy': float(np.mean([r['val_accuracy'] for r in results])),
           'best_epoch': results[0]['best_epoch'] if one else [r['best_epoch'] for r in results],
           'train_seconds': float(sum(r['train_seconds'] for r in results)),
-          'train_images': results[0]['split_sizes']['train'], 'val_images': results[0]['split_sizes']['validation']}
+          'train_images': results[0]['split_sizes']['train'], 'val_images': results[0]['split_sizes']['validation'],
+          **({'tta_views': part['views']} if tta else {})}
 
 
 def summarize(rows: list[dict], confusions: list[np.ndarray]) -> dict:

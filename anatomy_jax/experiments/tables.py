@@ -118,16 +118,17 @@ def render_speed(sources: list[Path], root: Path) -> list[str]:
 CV_PLAIN_OVERRIDES = ('folder.group_regex', 'folder.group_by', 'folder.group_csv', 'init_from', 'data_dir')
 
 
-def _cv_label(setup: dict) -> str:
+def _cv_label(setup: dict, folds: list[dict] = ()) -> str:
   """The recipe: the config, the overrides that change what is trained (not the case grouping or where the start
-  run lies), the ensemble, TTA and checkpoint."""
+  run lies), the ensemble, TTA (with zoomed views, when the folds' reports name them) and checkpoint."""
   changes = [o for o in setup.get('overrides', []) if o.split('=', 1)[0].strip() not in CV_PLAIN_OVERRIDES]
   members = setup.get('members', 1)
   parts = [f'`{Path(setup["config"]).name}`' + (f' with `{" ".join(changes)}`' if changes else '')]
   if members > 1:
     parts.append(f'ensemble of {members}')
   if setup.get('tta'):
-    parts.append('TTA')
+    zoomed = any(v.startswith('zoom') for f in folds for v in f.get('tta_views', ()))
+    parts.append('TTA with zoom' if zoomed else 'TTA')
   parts.append('last checkpoint' if setup.get('checkpoint') == 'latest' else 'best checkpoint')
   return ', '.join(parts)
 
@@ -144,7 +145,7 @@ def render_cv(sources: list[Path], root: Path) -> list[str]:
     cv = json.loads(path.read_text())
     setup, f1 = cv['setup'], cv['mean']['macro_f1']
     f1_std = cv['std'].get('macro_f1')
-    lines.append(f'| {_cv_label(setup)} | {len(cv["folds"])} of {setup["folds"]} | {pct(cv, "accuracy")} | '
+    lines.append(f'| {_cv_label(setup, cv["folds"])} | {len(cv["folds"])} of {setup["folds"]} | {pct(cv, "accuracy")} | '
                  f'{pct(cv, "case_pooled_accuracy")} | {pct(cv, "case_accuracy")} | '
                  f'{f1:.3f}{"" if f1_std is None else f" ± {f1_std:.3f}"} | {cv["mean"]["train_seconds"]:.0f} |')
     if cv.get('merged_from'):  # Folds measured apart (cross_validate --merge): each part at its own commit.
