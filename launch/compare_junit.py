@@ -15,7 +15,8 @@ def times(path: str) -> dict[str, float]:
 def main(before_path: str, after_path: str) -> None:
   before, after = times(before_path), times(after_path)
   both = sorted(set(before) & set(after), key=lambda k: after[k] - before[k])
-  print(f'{len(both)} tests in both: {sum(before[k] for k in both):.0f} s before, {sum(after[k] for k in both):.0f} s after '
+  total = lambda t: sum(t[k] for k in both)
+  print(f'{len(both)} tests in both: {total(before):.0f} s before, {total(after):.0f} s after '
         f'({len(before)} and {len(after)} tests in all)')
   for k in both[:5] + both[-5:]:
     print(f'  {after[k] - before[k]:+7.1f} s  {before[k]:6.1f} -> {after[k]:6.1f}  {k}')

@@ -648,6 +648,18 @@ def test_mixup_blends_neighbouring_pairs_the_same_on_any_split_and_trains_on_the
   assert float(m['loss']) == pytest.approx(-log_p[np.arange(8), labels].sum(), rel=1e-5)
 
 
+def test_mixup_with_an_odd_share_of_the_batch_is_refused_before_any_data(tmp_path):
+  from test_train import lenet_config
+  config = lenet_config(batch_size=5)
+  config.augment.mixup = 0.2
+  with pytest.raises(UserError, match='mixup blends neighbouring pairs.*batch_size=5 over 1 device'):
+    train.build(config)  # No dataset given: the check comes before it would be loaded.
+  config.augment.mixup = 0.0
+  with pytest.raises(UserError) as other:  # Without mixup an odd batch is fine; what stops it is the missing data.
+    train.build(config)
+  assert 'mixup' not in str(other.value)
+
+
 def test_tta_adds_the_centre_zoomed_out_and_in_when_training_zoomed():
   import jax.numpy as jnp
   from anatomy_jax.data import preprocess

@@ -3,10 +3,10 @@ an image between the dataset and the network.
 
 `Preprocess` is DIGITS' transform: resize to `image_size`, subtract the training mean, crop `crop_size` (random in
 training, centre in evaluation), mirror, scale; in training, optionally, the augmentations for small datasets
-(random resized crops, rotations, brightness and contrast); and the test-time views (centre and corner crops,
-the centre zoomed out and in when training zoomed, mirrored). Random numbers come per example from keys the step derives from (seed, step, position in the global
-batch), so the same examples get the same crops on one device or eight. `mean_image` is the training mean it
-subtracts.
+(random resized crops, rotations, brightness and contrast); and the test-time views (centre and corner crops, the
+centre zoomed out and in when training zoomed, mirrored). Random numbers come per example from keys the step
+derives from (seed, step, position in the global batch), so the same examples get the same crops on one device or
+eight. `mean_image` is the training mean it subtracts.
 """
 
 import dataclasses

@@ -293,6 +293,10 @@ def build(config, dataset: data_lib.Dataset | None = None) -> tuple[Data, Progra
   parallel = parallel_lib.get_parallel(config.parallelism)
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  if config.augment.get('mixup') and (config.batch_size // jax.device_count()) % 2:
+    raise UserError(f'config.augment.mixup blends neighbouring pairs of each device\'s share of the batch: '
+                    f'batch_size={config.batch_size} over {jax.device_count()} device(s) leaves an odd share; '
+                    f'use a multiple of {2 * jax.device_count()}.')
   dataset = dataset or data_lib.load_dataset(config)
   model = models.build(config, dataset.num_classes)
   splits = pipeline.training_splits(dataset, config.train_fraction, config.seed)
