@@ -688,3 +688,27 @@ def test_tta_adds_the_centre_zoomed_out_and_in_when_training_zoomed():
   assert cropped.view_names() == ['centre', 'corner top-left', 'corner top-right', 'corner bottom-left',
                                   'corner bottom-right']
   assert len(cropped.views(jnp.zeros((1, 10, 10, 1)), jnp.zeros((10, 10, 1)))) == 5
+
+
+def test_results_record_the_commit_the_run_started_at_not_one_made_while_it_trained(monkeypatch, tmp_path):
+  import subprocess as sp
+  from anatomy_jax.core import provenance
+  from test_train import lenet_config, synthetic_dataset
+  real_run, heads = sp.run, iter(['a' * 40] + ['b' * 40] * 10)
+
+  def fake_run(args, *a, **k):
+    if args[:2] == ['git', 'rev-parse']:
+      return sp.CompletedProcess(args, 0, stdout=next(heads) + '\n', stderr='')
+    if args[:2] == ['git', 'status']:
+      return sp.CompletedProcess(args, 0, stdout='', stderr='')
+    return real_run(args, *a, **k)
+
+  monkeypatch.setattr(provenance.subprocess, 'run', fake_run)
+  provenance.git_commit.cache_clear()
+  try:
+    results = train.train_and_evaluate(lenet_config(num_epochs=1, log_every_steps=100), str(tmp_path / 'wd'),
+                                       synthetic_dataset(n_train=20))
+    assert results['provenance']['git_commit'] == 'a' * 40  # Every later read would have said b...
+    assert next(heads) == 'b' * 40  # ...and none came.
+  finally:
+    provenance.git_commit.cache_clear()

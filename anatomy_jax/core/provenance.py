@@ -1,5 +1,6 @@
 """Where a result came from: config, code version, library versions and devices."""
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -11,8 +12,11 @@ import jax
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tensorflow-datasets')
 
 
+@functools.cache
 def git_commit() -> str:
-  """The checkout's commit, with '+dirty' when files differ from it; 'unknown' outside a git checkout."""
+  """The checkout's commit, with '+dirty' when files differ from it; 'unknown' outside a git checkout. Read once
+  per process, at its first call: the programs make it at their start (`pin`), so a commit made while a run
+  trains is not recorded as the code that trained it."""
   root = Path(__file__).resolve().parents[2]
   try:
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
@@ -22,6 +26,11 @@ def git_commit() -> str:
   except (OSError, subprocess.SubprocessError):
     return 'unknown'
   return (commit + ('+dirty' if dirty else '')) if commit else 'unknown'
+
+
+def pin() -> None:
+  """Read the code's version now, at the start of a program (results record it, not the version at their end)."""
+  git_commit()
 
 
 def versions() -> dict[str, str]:

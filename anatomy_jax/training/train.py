@@ -49,6 +49,7 @@ def train_and_evaluate(config, workdir: str, dataset: data_lib.Dataset | None = 
   """Train `config` in `workdir` (resuming when it holds a checkpoint), then test the best checkpoint. The
   dataset is `config.dataset`'s unless one is given (tests)."""
   check_config(config, data_given=dataset is not None)
+  provenance.pin()
   if config.dataset == 'folder' and config.manual_dir:  # The run's files would become part of the dataset.
     data_lib.check_outside(config.manual_dir, workdir, 'The workdir')
   files.check_writable(workdir)
