@@ -5,7 +5,8 @@ cosine after 2 warm-up epochs, batch 32, label smoothing 0.1, zoom 0.7-1.3x both
 degrees, brightness 0.1, contrast 0.3, mirror, per-pixel mean), 30 epochs, 10% of the cases for validation,
 started from a MedNIST run of the same network (configs/own_images_source.py) with --config.init_from. Three
 runs (--config.seed=0, 1, 2) answer as one ensemble (`evaluate`/`predict --workdir=A,B,C --checkpoint=latest
---tta`), and `predict --pool_cases` gives a case's images one answer. Without init_from it trains from scratch.
+--tta`: the centre, the centre zoomed out and in, mirrored), and `predict --pool_cases` gives a case's images one
+answer. Without init_from it trains from scratch.
 
   python -m anatomy_jax.main --config=configs/own_images_source.py --workdir=workdirs/own_images_source \\
       --config.manual_dir=../shared/data
