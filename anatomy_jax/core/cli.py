@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 from absl import app, flags, logging
 
 from anatomy_jax.core import config as config_lib
-from anatomy_jax.core import files
+from anatomy_jax.core import files, provenance
 from anatomy_jax.core.errors import Interrupted, UserError
 
 FLAGS = flags.FLAGS
@@ -149,6 +149,7 @@ def run(main: Callable, doc: str, *, required: Sequence[str] = (), args: str | N
 
   def wrapped(argv):
     quiet_libraries(verbose=FLAGS['verbosity'].present and FLAGS.verbosity > 0)
+    provenance.pin()  # What every result this program writes records as its code.
     try:
       if args is None and len(argv) > 1:
         refuse_arguments(argv[1:])

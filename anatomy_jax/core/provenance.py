@@ -15,8 +15,8 @@ PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tens
 @functools.cache
 def git_commit() -> str:
   """The checkout's commit, with '+dirty' when files differ from it; 'unknown' outside a git checkout. Read once
-  per process, at its first call: the programs make it at their start (`pin`), so a commit made while a run
-  trains is not recorded as the code that trained it."""
+  per process, at its first call: every program makes it at its start (`cli.run`, and `train_and_evaluate`
+  for library use, call `pin`), so a commit made while a run trains is not recorded as the code that trained it."""
   root = Path(__file__).resolve().parents[2]
   try:
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,

@@ -10,6 +10,7 @@ eight. `mean_image` is the training mean it subtracts.
 """
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -104,10 +105,7 @@ class Preprocess:
     grid = (jnp.arange(out, dtype=jnp.float32) - (out - 1) / 2) / out
     v, u = jnp.meshgrid(grid * height, grid * width, indexing='ij')
     cos, sin = jnp.cos(angle), jnp.sin(angle)
-    rows = centre[0] - 0.5 + cos * v - sin * u
-    cols = centre[1] - 0.5 + sin * v + cos * u
-    sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [rows, cols], order=1, mode='constant')
-    return jnp.stack([sample(image[..., c]) for c in range(image.shape[-1])], axis=-1)
+    return sample(image, centre[0] - 0.5 + cos * v - sin * u, centre[1] - 0.5 + sin * v + cos * u)
 
   def photometric(self, image: jax.Array, key: jax.Array) -> jax.Array:
     """Contrast about the image's own mean, then a brightness shift (in the scaled pixel units)."""
@@ -122,18 +120,24 @@ class Preprocess:
     the centre zoomed out and in (by the square roots of `zoom`'s ends: halfway, on a log scale, to the
     magnifications training saw) when training zoomed, and each mirrored when training mirrors."""
     x = (self.resize(images) - mean) * self.scale
-    c, m = self.crop_size, self.image_size - self.crop_size
-    crops = [centre_crop(x, c)] + ([x[:, a:a + c, b:b + c] for a, b in ((0, 0), (0, m), (m, 0), (m, m))] if m else [])
-    crops += [zoom_centre(x, c, z ** 0.5) for z in self.zoom if z != 1.0]
-    return crops + ([v[:, :, ::-1] for v in crops] if self.mirror else [])
+    return [view(x) for _, view in self._views()]
 
   def view_names(self) -> list[str]:
     """What each of `views` is, in their order (reports record them): 'centre', 'corner top-left', ...,
     'zoom 0.84', and 'mirrored ...'."""
-    names = ['centre'] + ([f'corner {a}-{b}' for a in ('top', 'bottom') for b in ('left', 'right')]
-                          if self.image_size > self.crop_size else [])
-    names += [f'zoom {z ** 0.5:.2f}' for z in self.zoom if z != 1.0]
-    return names + ([f'mirrored {n}' for n in names] if self.mirror else [])
+    return [name for name, _ in self._views()]
+
+  def _views(self) -> list[tuple[str, Callable]]:
+    """`views`' names and how each is cut from the preprocessed batch: the one list both read."""
+    c, m = self.crop_size, self.image_size - self.crop_size
+    views = [('centre', lambda x: centre_crop(x, c))]
+    if m:
+      views += [(f'corner {a}-{b}', lambda x, i=i, j=j: x[:, i:i + c, j:j + c])
+                for a, i in (('top', 0), ('bottom', m)) for b, j in (('left', 0), ('right', m))]
+    views += [(f'zoom {z ** 0.5:.2f}', lambda x, z=z: zoom_centre(x, c, z ** 0.5)) for z in self.zoom if z != 1.0]
+    if self.mirror:
+      views += [(f'mirrored {name}', lambda x, view=view: view(x)[:, :, ::-1]) for name, view in views]
+    return views
 
 
 def zoom_centre(x: jax.Array, size: int, magnification: float) -> jax.Array:
@@ -141,8 +145,13 @@ def zoom_centre(x: jax.Array, size: int, magnification: float) -> jax.Array:
   the image, outside it 0), as `Preprocess.warp` samples with that magnification and nothing else."""
   grid = (jnp.arange(size, dtype=jnp.float32) - (size - 1) / 2) / magnification + x.shape[1] / 2 - 0.5
   rows, cols = jnp.meshgrid(grid, grid, indexing='ij')
-  sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [rows, cols], order=1, mode='constant')
-  return jax.vmap(lambda image: jnp.stack([sample(image[..., k]) for k in range(x.shape[-1])], axis=-1))(x)
+  return jax.vmap(lambda image: sample(image, rows, cols))(x)
+
+
+def sample(image: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+  """One HWC image read at fractional (rows, cols) positions, bilinearly, each channel; outside it 0."""
+  read = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [rows, cols], order=1, mode='constant')
+  return jnp.stack([read(image[..., k]) for k in range(image.shape[-1])], axis=-1)
 
 
 def centre_crop(x: jax.Array, size: int) -> jax.Array:

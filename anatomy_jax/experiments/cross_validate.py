@@ -207,7 +207,6 @@ def run_cross_validation(spec: str, folds: int, manual_dir, outdir, overrides: S
                         tta: bool = False, checkpoint: str = 'best', only_folds: Sequence[int] = ()) -> dict:
   """Train and test every fold, or those in `only_folds` (skipping finished runs), then write the tables;
   returns cv.json's content."""
-  provenance.pin()
   if folds < 2:
     raise UserError(f'--folds={folds}: cross-validation needs at least 2 folds.')
   if any(not 0 <= k < folds for k in only_folds) or len(set(only_folds)) != len(only_folds):

@@ -118,7 +118,7 @@ def render_speed(sources: list[Path], root: Path) -> list[str]:
 CV_PLAIN_OVERRIDES = ('folder.group_regex', 'folder.group_by', 'folder.group_csv', 'init_from', 'data_dir')
 
 
-def _cv_label(setup: dict, folds: list[dict] = ()) -> str:
+def _cv_label(setup: dict, folds: list[dict]) -> str:
   """The recipe: the config, the overrides that change what is trained (not the case grouping or where the start
   run lies), the ensemble, TTA (with zoomed views, when the folds' reports name them) and checkpoint."""
   changes = [o for o in setup.get('overrides', []) if o.split('=', 1)[0].strip() not in CV_PLAIN_OVERRIDES]
