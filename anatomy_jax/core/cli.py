@@ -37,9 +37,7 @@ USAGE_ERROR = 2
 # Library messages that say nothing a user can act on (matched against the start of the message).
 _NOISE = ('Using custom data configuration', 'Unable to initialize backend', 'Load dataset info from',
           'Reusing dataset', 'Constructing tf.data.Dataset', 'Fields info.', 'Generating split',
-          'Done writing', 'Creating a tf.data.Dataset', 'Skipping the shuffling',
-          # Orbax's reads of a damaged checkpoint, failing again in the background after we reported it:
-          'Future exception was never retrieved', 'Task exception was never retrieved')
+          'Done writing', 'Creating a tf.data.Dataset', 'Skipping the shuffling')
 _LIBRARIES = ('/orbax/', '/matplotlib/', '/etils/', '/tensorflow_datasets/', '/jax/', '/jaxlib/', '/flax/',
               '/array_record/', '/absl/')
 
@@ -48,15 +46,7 @@ def quiet_libraries(verbose: bool = False) -> None:
   """Keep the log to our own lines and the libraries' warnings (all of it when `verbose`)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-  def keep(record) -> bool:
-    if verbose:
-      return True
-    message = record.getMessage() if record.args else str(record.msg)
-    if message.startswith(_NOISE):
-      return False
-    return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in _LIBRARIES)
-
-  logging.get_absl_handler().addFilter(keep)
+  logging.get_absl_handler().addFilter(lambda record: verbose or keep(record))
   if not verbose:
     _quiet_background_errors()
   std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING if not verbose else std_logging.INFO)
@@ -66,6 +56,18 @@ def quiet_libraries(verbose: bool = False) -> None:
     tfds.disable_progress_bar()
   except ImportError:
     pass
+
+
+def keep(record: std_logging.LogRecord) -> bool:
+  """Whether a log record reaches the user when not verbose."""
+  message = record.getMessage() if record.args else str(record.msg)
+  if message.startswith(_NOISE):
+    return False
+  # Orbax's reads of a damaged checkpoint failing again in the background after we reported it: asyncio logs
+  # them as '<Future|Task|_GatheringFuture> exception was never retrieved', with a traceback.
+  if record.name == 'asyncio' and 'exception was never retrieved' in message.split('\n', 1)[0]:
+    return False
+  return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in _LIBRARIES)
 
 
 def _is_library_echo(exc: BaseException | None, where: object = None) -> bool:
