@@ -38,9 +38,9 @@ def make_case_folder(root, cases_per_class=7, size=28, seed=0):
   return root
 
 
-def fold_dataset(root, data_dir, folds, fold, seed=0):
+def fold_dataset(root, data_dir, folds, fold, seed=0, size=28):
   config = settings.load_config(LENET_TINY, ['dataset=folder', f'manual_dir={root}', f'data_dir={data_dir}',
-                                             'folder.image_size=28', GROUPS, f'folder.num_folds={folds}',
+                                             f'folder.image_size={size}', GROUPS, f'folder.num_folds={folds}',
                                              f'folder.fold={fold}', f'folder.fold_seed={seed}'])
   train.check_config(config)
   return datasets.load_dataset(config)
@@ -96,6 +96,25 @@ def test_folds_never_split_a_case_and_test_every_image_once(tmp_path):
       splits.content_hash(im) for s in ('validation', 'test') for im in data.splits[s].images]
   assert sorted(tested) == sorted(everything)  # Every image in exactly one fold's test split.
   assert sizes == data.metadata['folds']['fold_sizes']
+
+
+def test_folds_and_splits_are_the_same_whatever_size_the_images_are_stored_at(tmp_path):
+  """Two recipes that store one collection at different sizes (the paper's 256, the ResNet's 64) must be tested
+  on the same cases: folds and splits follow the files, not their pixels' hash at the stored size."""
+  root = make_case_folder(tmp_path / 'cases', cases_per_class=8)
+  for k in range(3):
+    small, large = (fold_dataset(root, tmp_path / f'tfds{size}', 3, k, size=size) for size in (28, 40))
+    assert small.splits['test'].images.shape[1] == 28 and large.splits['test'].images.shape[1] == 40
+    for split in ('train', 'validation', 'test'):
+      assert sorted(small.groups[split]) == sorted(large.groups[split]), (k, split)
+  # The same for the pixels' own hashes: other keys, the same names, the same assignment.
+  keys = [[f'0{i}', f'group:c{i // 3}'] for i in range(60)]  # Pixel hashes: hex digits, before 'group:'.
+  other = [[f'1{i * 7 % 61}', f'group:c{i // 3}'] for i in range(60)]
+  names = [f'cls/c{i // 3}_{i}.png' for i in range(60)]
+  labels = [i // 3 % 2 for i in range(60)]
+  assert splits.assign_splits(keys, 0.2, 0.2, names=names) == splits.assign_splits(other, 0.2, 0.2, names=names)
+  assert splits.assign_folds(keys, labels, 4, names=names) == splits.assign_folds(other, labels, 4, names=names)
+  assert splits.assign_folds(keys, labels, 4) != splits.assign_folds(other, labels, 4)  # By keys, they move.
 
 
 def test_fold_fields_are_checked(tmp_path):
@@ -167,7 +186,7 @@ def test_pool_by_case_gives_every_image_its_cases_mean():
 
 
 def test_members_are_seeded_runs_evaluated_as_their_ensemble(tmp_path, monkeypatch):
-  root = make_case_folder(tmp_path / 'cases', cases_per_class=4)
+  root = make_case_folder(tmp_path / 'cases', cases_per_class=5)
   out = tmp_path / 'cv'
   overrides = [f'data_dir={tmp_path / "tfds"}', 'folder.image_size=28', GROUPS, 'num_epochs=1', 'plots=False']
   # The patterns are too easy for test-time augmentation to change an answer: make it answer otherwise (the

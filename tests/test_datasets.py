@@ -50,6 +50,17 @@ def test_grouped_split_never_shares_a_group():
   assert len(set(a)) == 3
 
 
+def test_a_split_that_no_hash_reached_takes_the_nearest_training_component():
+  # Five cases whose positions all lie in training's range (>= 0.28 for test 0.1, validation 0.2).
+  names = [n for n in (f'cls/case{i}.png' for i in range(200)) if splits.unit_interval(f'name:{n}') >= 0.28][:5]
+  keys = [[f'hash{i}', f'group:case{i}'] for i in range(5)]
+  out = splits.assign_splits(keys, 0.1, 0.2, names=names)
+  nearest = sorted(range(5), key=lambda i: splits.unit_interval(f'name:{names[i]}'))
+  assert out[nearest[0]] == 'test' and out[nearest[1]] == 'validation'
+  assert [out[i] for i in nearest[2:]] == ['train'] * 3
+  assert splits.assign_splits(keys[:1] * 2, 0.1, 0.2, names=names[:2]) == ['train', 'train']  # One component.
+
+
 def test_fixed_splits_are_kept_and_conflicts_refused():
   keys = [['a'], ['b'], ['c'], ['a']]
   out = splits.assign_splits(keys, 0.0, 0.0, fixed=['test', None, 'train', None])
@@ -115,10 +126,14 @@ def test_bad_folder_structure_is_a_clear_error(setup, message, image_folder, tmp
 
 
 def test_too_few_groups_for_a_split_is_a_clear_error(tmp_path):
-  root = make_image_folder(tmp_path / 'img', per_class=4)
-  with pytest.raises(ValueError, match=r"split would be empty: 12 readable images in too few groups \(3 cases "
+  root = make_image_folder(tmp_path / 'img', per_class=4, classes=('disc', 'vertical'))
+  with pytest.raises(ValueError, match=r"split would be empty: 8 readable images in too few groups \(2 cases "
                                        r"from folder.group_regex='\^\(\[a-z\]\+\)/'\)"):
-    load(root, tmp_path, group_regex='^([a-z]+)/')  # Three groups (the classes) for three splits: one is empty.
+    load(root, tmp_path, group_regex='^([a-z]+)/')  # Two groups (the classes) for three splits: one is empty.
+  # Three groups fill the three splits (one each, whatever their hashes), and then no class can train on all.
+  root = make_image_folder(tmp_path / 'img3', per_class=4)
+  with pytest.raises(ValueError, match=r"No training images for class\(es\) \['\w+', '\w+'\]"):
+    load(root, tmp_path, group_regex='^([a-z]+)/')
 
 
 def test_class_in_test_but_not_train(tmp_path):

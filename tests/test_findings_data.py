@@ -362,7 +362,7 @@ def test_finding_21_sigterm_during_preparation_leaves_nothing(tmp_path):
   assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
   assert 'SIGTERM received while preparing the dataset' in out
   assert not list((tmp_path / 'tfds').glob('folder/*/incomplete.*'))
-  assert not list((tmp_path / 'tfds').glob('folder/*/1.0.0'))
+  assert not list((tmp_path / 'tfds').glob('folder/*/1.1.0'))
 
 
 def test_finding_21_links_outside_the_folder_are_not_followed(tmp_path):

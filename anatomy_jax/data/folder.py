@@ -193,7 +193,9 @@ class Folder(tfds.core.GeneratorBasedBuilder):
   """A user's class folders of PNG/JPEG/BMP/TIFF/DICOM images."""
 
   name = 'folder'
-  VERSION = tfds.core.Version('1.0.0')
+  # 1.1.0: splits and folds chosen by file path (1.0.0: by the pixels' hash at the stored size, so they changed
+  # with image_size and channels). The new version is prepared afresh, never read from a 1.0.0 preparation.
+  VERSION = tfds.core.Version('1.1.0')
   BUILDER_CONFIGS = []  # Configs are made per folder (FolderConfig.from_config).
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -237,6 +239,9 @@ class Folder(tfds.core.GeneratorBasedBuilder):
                        f'{why}. Name the cases another way (group_by=subfolder for <class>/<case>/<files>, group_csv, '
                        'group_regex), or give no grouping.')
     keys = [[hashes[i]] + ([f'group:{groups[i]}'] if groups[i] is not None else []) for i in keep]
+    # Splits and folds are chosen by file path, not by the pixels' hash, which changes with the stored size and
+    # channels: every recipe run on this folder is tested on the same images.
+    names = [entries[i][2].relative_to(root).as_posix() for i in keep]
     given = [entries[i][0] for i in keep]
     fixed = None if given[0] is None else [g if g != 'train' or 'validation' in tree else None for g in given]
     test_fraction = c.test_fraction if fixed is None else 0.0
@@ -247,12 +252,13 @@ class Folder(tfds.core.GeneratorBasedBuilder):
                          'folders alone (PATH/<class>/<files>); put every image there, or set '
                          '--config.folder.num_folds=0.')
       # The test split is one fold of cases; validation is carved from the other folds' cases as usual.
-      folds = splits.assign_folds(keys, [class_names.index(entries[i][1]) for i in keep], c.num_folds, c.fold_seed)
+      folds = splits.assign_folds(keys, [class_names.index(entries[i][1]) for i in keep], c.num_folds, c.fold_seed,
+                                  names)
       fixed, test_fraction = ['test' if f == c.fold else None for f in folds], 0.0
       fold_sizes = np.bincount(folds, minlength=c.num_folds).tolist()
     elif fixed is not None:
       check_given_splits(keys, fixed, [entries[i][2] for i in keep], [groups[i] for i in keep], root)
-    assignment = splits.assign_splits(keys, test_fraction, c.val_fraction, fixed)
+    assignment = splits.assign_splits(keys, test_fraction, c.val_fraction, fixed, names)
     moved = sum(1 for g, a in zip(given, assignment) if g is not None and g != a and not (
         g == 'train' and a == 'validation'))
     counts = {s: {name: 0 for name in class_names} for s in splits.SPLITS}
