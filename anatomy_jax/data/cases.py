@@ -161,7 +161,8 @@ def case_hint(rels: list[str], test_fraction: float = 0.1, val_fraction: float =
     if not (1 < len(sizes) < len(rels) and 2 * len(classes) <= len(sizes) <= 0.7 * len(rels)
             and sum(n for n in sizes.values() if n > 1) >= 0.8 * len(rels)):
       continue
-    assigned = set(splits.assign_splits([[f'group:{c}'] for c in cases], test_fraction, val_fraction))
+    # The build's own assignment (cases joined, components named by path), so the hint holds for the flag.
+    assigned = set(splits.assign_splits([[f'group:{c}'] for c in cases], test_fraction, val_fraction, names=rels))
     if assigned >= {'train', 'validation'} | ({'test'} if test_fraction > 0 else set()):
       return group_by
   return ''

@@ -286,8 +286,8 @@ class Folder(tfds.core.GeneratorBasedBuilder):
         **({'folds': {'num_folds': c.num_folds, 'fold': c.fold, 'fold_seed': c.fold_seed,
                       'fold_sizes': fold_sizes}} if c.num_folds else {}),
         'validation_carved': 'validation' not in tree, 'grouping': grouping, 'num_cases': len(case_counts),
-        'case_hint': '' if grouping else cases.case_hint([str(entries[i][2].relative_to(root)) for i in keep],
-                                                         c.test_fraction if fixed is None else 0.0, c.val_fraction),
+        'case_hint': '' if grouping else cases.case_hint(names, c.test_fraction if fixed is None else 0.0,
+                                                         c.val_fraction),
         'root': str(root)})
     report(class_names, counts, skipped, moved, conflicts)
     logging.info('Writing the dataset\'s files (%d images).', len(keep))
