@@ -444,7 +444,7 @@ def test_finding_23_cpu_conv_gradients_equal_jax_grad(x_shape, k, cout, stride, 
   y_cpu, vjp_cpu = jax.vjp(lambda x, kernel: layers.cpu_conv(x, kernel, stride, pad), x, kernel)
   dy = jax.numpy.asarray(rng.normal(size=y.shape), jax.numpy.float32)
   np.testing.assert_array_equal(y_cpu, y)
-  col2im = y.shape[1] * y.shape[2] <= layers.COL2IM_MAX_PIXELS
+  col2im = layers.uses_col2im(y.shape[1], y.shape[2], stride)
   for mine, theirs, name in zip(jax.jit(vjp_cpu)(dy), jax.jit(vjp)(dy), ('input', 'kernel')):
     # The claim (layers.cpu_conv's docstring): the same bits as JAX's own derivative outside a loop, but for
     # the input gradient of small outputs, a matrix product added back into place: equal within rounding.

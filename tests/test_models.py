@@ -374,7 +374,7 @@ def test_forward_backward_jit_compiles_once(name):
 
 
 CONVS = [  # (input shape, k, out, stride, pad, groups): each formulation `layers.conv2d` chooses on CPU.
-    ((2, 12, 12, 20), 5, 50, 1, 0, 1),  # LeNet's conv2: 8x8 outputs, input gradient through col2im.
+    ((2, 12, 12, 20), 5, 50, 1, 0, 1),  # LeNet's conv2: 8x8 outputs at stride 1, JAX's own input gradient.
     ((2, 7, 7, 16), 3, 24, 2, 1, 1),  # The proposed CNN's conv3 (4x4 outputs at stride 2): col2im.
     ((2, 13, 13, 6), 5, 8, 2, 2, 1),  # Its conv2 at an uneven size: 7x7 outputs, col2im.
     ((2, 20, 20, 6), 5, 8, 2, 2, 1),  # 10x10 outputs: JAX's own (dilated) input gradient.
