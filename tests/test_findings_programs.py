@@ -447,7 +447,7 @@ def test_finding_23_cpu_conv_gradients_equal_jax_grad(x_shape, k, cout, stride, 
   col2im = layers.uses_col2im(y.shape[1], y.shape[2], stride)
   for mine, theirs, name in zip(jax.jit(vjp_cpu)(dy), jax.jit(vjp)(dy), ('input', 'kernel')):
     # The claim (layers.cpu_conv's docstring): the same bits as JAX's own derivative outside a loop, but for
-    # the input gradient of small outputs, a matrix product added back into place: equal within rounding.
+    # the input gradient of strided small outputs, a matrix product added back into place: equal within rounding.
     if name == 'input' and col2im:
       np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(theirs))), err_msg=name)
       assert not np.array_equal(mine, np.zeros_like(mine))

@@ -167,7 +167,7 @@ COL2IM_MAX_PIXELS = 64
 def uses_col2im(out_height: int, out_width: int, stride: int) -> bool:
   """Whether `cpu_conv` takes the input gradient of an output this size through `_col2im`: a strided convolution
   (whose input gradient XLA writes as a convolution of the stride-dilated upstream gradient) with a small output.
-  Unstrided small outputs keep JAX's own form: LeNet's conv2 (8x8 outputs) trains about 15% faster with it."""
+  Unstrided small outputs keep JAX's own form: LeNet's step (conv2: 8x8 outputs) runs about 10% faster with it."""
   return stride > 1 and out_height * out_width <= COL2IM_MAX_PIXELS
 
 
